@@ -1,0 +1,73 @@
+//! The operations listener: `GET /metrics` (Prometheus text), `/healthz` (alive), `/readyz`
+//! (store answers).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::upstream::Upstream;
+
+pub struct AdminApp {
+    pub metrics: Arc<Metrics>,
+    pub store: Arc<dyn Store>,
+    pub upstreams: Arc<Vec<Upstream>>,
+}
+
+fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("cache-control", "no-store")
+        .header("content-length", body.len())
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        if req.method != http::Method::GET {
+            return reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "application/json",
+                br#"{"name":"MethodNotAllowedError","code":"method_not_allowed","message":"only GET"}"#.to_vec(),
+            );
+        }
+        match req.uri.path() {
+            "/metrics" => {
+                for (u, gauge) in self
+                    .upstreams
+                    .iter()
+                    .zip(&self.metrics.upstream_healthy_backends)
+                {
+                    gauge.set(u.healthy_backends() as i64);
+                }
+                reply(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    self.metrics.render(),
+                )
+            }
+            "/healthz" => reply(StatusCode::OK, "application/json", br#"{"status":"ok"}"#.to_vec()),
+            "/readyz" => match self.store.ping().await {
+                Ok(()) => reply(StatusCode::OK, "application/json", br#"{"status":"ready"}"#.to_vec()),
+                Err(_) => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "application/json",
+                    br#"{"status":"not_ready","reason":"store_unavailable"}"#.to_vec(),
+                ),
+            },
+            _ => reply(
+                StatusCode::NOT_FOUND,
+                "application/json",
+                br#"{"name":"NotFoundError","code":"route_not_found","message":"try /metrics, /healthz or /readyz"}"#.to_vec(),
+            ),
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! Proxy-path authentication: the verifier (key → identity, cached), scope checks, usage marks.
+
+pub mod scope;
+pub mod usage;
+pub mod verifier;
+
+pub use verifier::{ApiKeyIdentity, AuthFailure, Verifier};

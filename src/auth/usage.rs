@@ -1,0 +1,146 @@
+//! `used_at` write-behind: requests mark keys in memory; a background service flushes the marks
+//! in one transaction per interval, so store writes grow with active keys, not with requests.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use super::ApiKeyIdentity;
+use crate::metrics::Metrics;
+use crate::store::{KeyRecord, Store};
+
+/// Pending `used_at` marks of this instance.
+pub struct UsageRecorder {
+    pending: Mutex<Vec<Arc<ApiKeyIdentity>>>,
+    /// Marks being written right now: still shown by `overlay` until the write commits.
+    inflight: Mutex<Vec<Arc<ApiKeyIdentity>>>,
+    /// Serialises flushes (the periodic one and the shutdown ones).
+    flush_lock: tokio::sync::Mutex<()>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+}
+
+impl UsageRecorder {
+    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> UsageRecorder {
+        UsageRecorder {
+            pending: Mutex::new(Vec::new()),
+            inflight: Mutex::new(Vec::new()),
+            flush_lock: tokio::sync::Mutex::new(()),
+            store,
+            metrics,
+        }
+    }
+
+    /// Marks a key used at `now_us`. Lock-free unless the key is not yet pending.
+    pub fn touch(&self, id: &Arc<ApiKeyIdentity>, now_us: i64) {
+        id.last_used_us.fetch_max(now_us, Ordering::Relaxed);
+        if !id.pending.load(Ordering::Relaxed) && !id.pending.swap(true, Ordering::AcqRel) {
+            self.pending.lock().push(id.clone());
+            self.metrics.usage_pending_marks.inc();
+        }
+    }
+
+    /// Number of keys awaiting a flush.
+    pub fn pending_count(&self) -> usize {
+        self.pending.lock().len()
+    }
+
+    /// Raises `used_at` of listed records to this instance's unflushed marks.
+    pub fn overlay(&self, records: &mut [KeyRecord]) {
+        let mut latest: HashMap<&str, i64> = HashMap::new();
+        let pending = self.pending.lock().clone();
+        let inflight = self.inflight.lock().clone();
+        for id in pending.iter().chain(inflight.iter()) {
+            let at = id.last_used_us.load(Ordering::Relaxed);
+            let e = latest.entry(id.api_key_id_str()).or_insert(at);
+            *e = (*e).max(at);
+        }
+        if latest.is_empty() {
+            return;
+        }
+        for r in records {
+            if let Some(&at) = latest.get(r.api_key_id.as_str()) {
+                if r.used_at_us.is_none_or(|u| u < at) {
+                    r.used_at_us = Some(at);
+                }
+            }
+        }
+    }
+
+    /// Writes every pending mark in one transaction. On failure the marks stay pending.
+    pub async fn flush(&self) -> Result<usize, crate::store::StoreError> {
+        let _one_at_a_time = self.flush_lock.lock().await;
+        let batch = std::mem::take(&mut *self.pending.lock());
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        // Clear the flags first: a touch during the write re-queues the key, so no mark is lost.
+        for id in &batch {
+            id.pending.store(false, Ordering::Release);
+        }
+        self.metrics.usage_pending_marks.sub(batch.len() as i64);
+        let marks: Vec<(String, i64)> = batch
+            .iter()
+            .map(|id| {
+                (
+                    id.api_key_id_str().to_owned(),
+                    id.last_used_us.load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        *self.inflight.lock() = batch.clone();
+        let started = Instant::now();
+        let result = self.store.record_usage(&marks).await;
+        self.metrics
+            .usage_flush_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.inflight.lock().clear();
+        match result {
+            Ok(()) => {
+                self.metrics.usage_flushes.inc();
+                Ok(marks.len())
+            }
+            Err(e) => {
+                self.metrics.usage_flush_failures.inc();
+                for id in batch {
+                    self.touch(&id, id.last_used_us.load(Ordering::Relaxed));
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The background service that flushes marks every interval and at shutdown.
+pub struct UsageFlusher {
+    pub recorder: Arc<UsageRecorder>,
+    pub interval: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for UsageFlusher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed(), if !stopping => {
+                    // Shutdown begins: flush at once, then keep flushing through the grace
+                    // period; main flushes once more after the server has stopped.
+                    stopping = true;
+                }
+            }
+            if let Err(e) = self.recorder.flush().await {
+                log::warn!("used_at flush failed, will retry: {e}");
+            }
+        }
+    }
+}

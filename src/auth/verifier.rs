@@ -1,0 +1,263 @@
+//! Key verification: parse + checksum → SHA-256 → positive cache → negative cache → store.
+//!
+//! The positive cache holds identities by key hash; concurrent misses for one key are coalesced
+//! into a single store query (moka `try_get_with`). Unknown keys land in a short-lived negative
+//! cache. Store failures are never cached, so cached keys keep working through a store outage
+//! and uncached ones are retried once it recovers.
+
+use std::sync::atomic::{AtomicBool, AtomicI64};
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderValue};
+use moka::future::Cache;
+
+use crate::config::CacheConfig;
+use crate::keys::{hash_secret, hashes_equal, KeyFormat, KeyFormatError, KeyHash};
+use crate::metrics::{Metrics, Rejection};
+use crate::store::{AuthRecord, Store};
+
+/// Who a valid API key is: what upstreams are told, and its in-memory usage mark.
+pub struct ApiKeyIdentity {
+    pub api_key_id: HeaderValue,
+    pub inbox_id: HeaderValue,
+    pub pod_id: Option<HeaderValue>,
+    pub hash: KeyHash,
+    /// Latest use on this instance, microseconds since the epoch (0 = none yet).
+    pub(crate) last_used_us: AtomicI64,
+    /// Set while this identity sits in the usage recorder's pending set.
+    pub(crate) pending: AtomicBool,
+}
+
+impl ApiKeyIdentity {
+    fn from_record(r: AuthRecord) -> Option<ApiKeyIdentity> {
+        Some(ApiKeyIdentity {
+            api_key_id: HeaderValue::from_str(&r.api_key_id).ok()?,
+            inbox_id: HeaderValue::from_bytes(r.inbox_id.as_bytes()).ok()?,
+            pod_id: match r.pod_id {
+                Some(p) => Some(HeaderValue::from_bytes(p.as_bytes()).ok()?),
+                None => None,
+            },
+            hash: r.hash,
+            last_used_us: AtomicI64::new(0),
+            pending: AtomicBool::new(false),
+        })
+    }
+
+    /// The key id as text (ids are ASCII by construction).
+    pub fn api_key_id_str(&self) -> &str {
+        self.api_key_id.to_str().unwrap_or("")
+    }
+}
+
+/// Why a request was not authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No `Authorization` header.
+    Missing,
+    /// More than one `Authorization` header.
+    Duplicate,
+    /// Not `Bearer <key>` or not the key shape.
+    Malformed,
+    /// Key shape right, checksum wrong.
+    Checksum,
+    /// Well-formed key that is not (or no longer) in the store.
+    Unknown,
+    /// The store could not be asked.
+    StoreUnavailable,
+}
+
+impl AuthFailure {
+    pub fn rejection(self) -> Rejection {
+        match self {
+            AuthFailure::Missing => Rejection::MissingAuthorization,
+            AuthFailure::Duplicate => Rejection::DuplicateAuthorization,
+            AuthFailure::Malformed => Rejection::MalformedKey,
+            AuthFailure::Checksum => Rejection::BadChecksum,
+            AuthFailure::Unknown => Rejection::UnknownKey,
+            AuthFailure::StoreUnavailable => Rejection::StoreUnavailable,
+        }
+    }
+}
+
+/// Extracts the credential of `Authorization: Bearer <credential>` (scheme case-insensitive).
+/// Exactly one `Authorization` header is accepted.
+pub fn bearer_credential(headers: &HeaderMap) -> Result<&[u8], AuthFailure> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let value = values.next().ok_or(AuthFailure::Missing)?;
+    if values.next().is_some() {
+        return Err(AuthFailure::Duplicate);
+    }
+    let v = value.as_bytes();
+    if v.len() < 7 || !v[..6].eq_ignore_ascii_case(b"bearer") || v[6] != b' ' {
+        return Err(AuthFailure::Malformed);
+    }
+    let cred = &v[7..];
+    let start = cred.iter().position(|&b| b != b' ').unwrap_or(cred.len());
+    let cred = &cred[start..];
+    if cred.is_empty() {
+        return Err(AuthFailure::Malformed);
+    }
+    Ok(cred)
+}
+
+#[derive(Debug)]
+enum Lookup {
+    NotFound,
+    Store,
+}
+
+pub struct Verifier {
+    format: KeyFormat,
+    positive: Cache<KeyHash, Arc<ApiKeyIdentity>>,
+    negative: Cache<KeyHash, ()>,
+    /// Hashes deleted recently: closes the race where a lookup that started before a delete
+    /// committed would put the deleted key back into the positive cache.
+    revoked: Cache<KeyHash, ()>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+}
+
+impl Verifier {
+    pub fn new(
+        format: KeyFormat,
+        cache: &CacheConfig,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+    ) -> Verifier {
+        Verifier {
+            format,
+            positive: Cache::builder()
+                .max_capacity(cache.max_entries)
+                .time_to_live(cache.ttl)
+                .build(),
+            negative: Cache::builder()
+                .max_capacity(cache.negative_max_entries)
+                .time_to_live(cache.negative_ttl)
+                .build(),
+            revoked: Cache::builder()
+                .max_capacity(cache.negative_max_entries)
+                .time_to_live(cache.ttl * 2)
+                .build(),
+            store,
+            metrics,
+        }
+    }
+
+    /// Verifies a presented key.
+    pub async fn verify(&self, key: &[u8]) -> Result<Arc<ApiKeyIdentity>, AuthFailure> {
+        self.format.check(key).map_err(|e| match e {
+            KeyFormatError::Malformed => AuthFailure::Malformed,
+            KeyFormatError::Checksum => AuthFailure::Checksum,
+        })?;
+        let hash = hash_secret(key);
+        if let Some(id) = self.positive.get(&hash).await {
+            self.metrics.auth_cache_hits.inc();
+            return self.confirm(id, &hash);
+        }
+        if self.negative.contains_key(&hash) {
+            self.metrics.auth_cache_negative_hits.inc();
+            return Err(AuthFailure::Unknown);
+        }
+        self.metrics.auth_cache_misses.inc();
+        let store = self.store.clone();
+        let loaded = self
+            .positive
+            .try_get_with(hash, async move {
+                match store.find_by_hash(&hash).await {
+                    Ok(Some(rec)) => match ApiKeyIdentity::from_record(rec) {
+                        Some(id) => Ok(Arc::new(id)),
+                        None => {
+                            log::error!("stored key has ids that are not valid header values");
+                            Err(Lookup::NotFound)
+                        }
+                    },
+                    Ok(None) => Err(Lookup::NotFound),
+                    Err(_) => Err(Lookup::Store),
+                }
+            })
+            .await;
+        match loaded {
+            Ok(id) => {
+                if self.revoked.contains_key(&hash) {
+                    self.positive.invalidate(&hash).await;
+                    return Err(AuthFailure::Unknown);
+                }
+                self.confirm(id, &hash)
+            }
+            Err(e) => match *e {
+                Lookup::NotFound => {
+                    self.negative.insert(hash, ()).await;
+                    Err(AuthFailure::Unknown)
+                }
+                Lookup::Store => Err(AuthFailure::StoreUnavailable),
+            },
+        }
+    }
+
+    /// The final constant-time comparison of the stored hash with the presented key's.
+    fn confirm(
+        &self,
+        id: Arc<ApiKeyIdentity>,
+        hash: &KeyHash,
+    ) -> Result<Arc<ApiKeyIdentity>, AuthFailure> {
+        if hashes_equal(&id.hash, hash) {
+            Ok(id)
+        } else {
+            Err(AuthFailure::Unknown)
+        }
+    }
+
+    /// Forgets a deleted key on this instance: it will never authenticate here again.
+    pub async fn revoke(&self, hash: &KeyHash) {
+        self.revoked.insert(*hash, ()).await;
+        self.positive.invalidate(hash).await;
+    }
+
+    /// A new key exists: drop any stale "unknown" entry for its hash.
+    pub async fn forget_negative(&self, hash: &KeyHash) {
+        self.negative.invalidate(hash).await;
+    }
+
+    /// Number of identities cached (approximate, for benchmarks).
+    pub fn cached_keys(&self) -> u64 {
+        self.positive.entry_count()
+    }
+
+    /// Runs pending cache maintenance (for benchmarks and tests).
+    pub async fn sync(&self) {
+        self.positive.run_pending_tasks().await;
+        self.negative.run_pending_tasks().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(http::header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer_credential(&headers(&[])), Err(AuthFailure::Missing));
+        assert_eq!(bearer_credential(&headers(&["Bearer abc"])), Ok(&b"abc"[..]));
+        assert_eq!(bearer_credential(&headers(&["bEaReR abc"])), Ok(&b"abc"[..]));
+        assert_eq!(bearer_credential(&headers(&["Bearer   abc"])), Ok(&b"abc"[..]));
+        assert_eq!(
+            bearer_credential(&headers(&["Bearer a", "Bearer b"])),
+            Err(AuthFailure::Duplicate)
+        );
+        for bad in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", "Token abc"] {
+            assert_eq!(
+                bearer_credential(&headers(&[bad])),
+                Err(AuthFailure::Malformed),
+                "{bad}"
+            );
+        }
+    }
+}

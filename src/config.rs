@@ -1,0 +1,761 @@
+//! The TOML configuration: `File*` structs that mirror the file, validated into a typed `Config`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::auth::scope::RouteTemplate;
+
+pub const DEFAULT_THREADS: usize = 2;
+pub const DEFAULT_GRACE_PERIOD_SECS: u64 = 10;
+pub const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECS: u64 = 5;
+pub const DEFAULT_UPSTREAM_KEEPALIVE_POOL_SIZE: usize = 128;
+pub const DEFAULT_KEY_PREFIX: &str = "agk";
+pub const DEFAULT_CACHE_MAX_ENTRIES: u64 = 1_000_000;
+pub const DEFAULT_CACHE_TTL_SECS: u64 = 300;
+pub const DEFAULT_NEGATIVE_CACHE_MAX_ENTRIES: u64 = 100_000;
+pub const DEFAULT_NEGATIVE_CACHE_TTL_SECS: u64 = 5;
+pub const DEFAULT_USAGE_FLUSH_INTERVAL_MS: u64 = 1000;
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1000;
+pub const DEFAULT_READ_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_HEALTH_CHECK_INTERVAL_SECS: u64 = 5;
+pub const MAX_KEY_PREFIX_LEN: usize = 16;
+/// SHA-256 of `agm_quickstart_change_me`, the token of the shipped example config. The
+/// gateway warns at start-up while it is configured.
+pub const QUICKSTART_TOKEN_SHA256: &str =
+    "1d231f6a036e13bb53d60eff4fd3798c3d8cb3573db0e9ce7f0049d91a02682b";
+
+/// A configuration problem: which field, what is wrong, and how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {field}: {message}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+}
+
+// ---------------------------------------------------------------------------------------------
+// File structs: exactly the TOML.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    server: FileServer,
+    metrics: Option<FileMetrics>,
+    store: FileStore,
+    #[serde(default)]
+    keys: FileKeys,
+    #[serde(default)]
+    management: FileManagement,
+    inbox_directory: FileInboxDirectory,
+    #[serde(default)]
+    cache: FileCache,
+    #[serde(default)]
+    usage: FileUsage,
+    #[serde(default)]
+    logging: FileLogging,
+    #[serde(default)]
+    upstreams: Vec<FileUpstream>,
+    #[serde(default)]
+    routes: Vec<FileRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileServer {
+    listen: String,
+    threads: Option<usize>,
+    grace_period_seconds: Option<u64>,
+    graceful_shutdown_timeout_seconds: Option<u64>,
+    upstream_keepalive_pool_size: Option<usize>,
+    pid_file: Option<String>,
+    upgrade_sock: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMetrics {
+    listen: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileStore {
+    kind: String,
+    path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileKeys {
+    prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileManagement {
+    #[serde(default)]
+    tokens: Vec<FileToken>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileToken {
+    name: String,
+    sha256: String,
+    scope: Option<String>,
+    pods: Option<Vec<String>>,
+    inboxes: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileInboxDirectory {
+    source: String,
+    #[serde(default)]
+    inboxes: Vec<FileInbox>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileInbox {
+    inbox_id: String,
+    pod_id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCache {
+    max_entries: Option<u64>,
+    ttl_seconds: Option<u64>,
+    negative_max_entries: Option<u64>,
+    negative_ttl_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUsage {
+    flush_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLogging {
+    access_log: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUpstream {
+    name: String,
+    addresses: Vec<String>,
+    health_check: Option<FileHealthCheck>,
+    connect_timeout_ms: Option<u64>,
+    read_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHealthCheck {
+    path: Option<String>,
+    interval_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRoute {
+    path: String,
+    upstream: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated configuration.
+
+/// The validated configuration the gateway runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub metrics_listen: Option<SocketAddr>,
+    pub store: StoreConfig,
+    pub key_prefix: String,
+    pub management_tokens: Vec<ManagementToken>,
+    pub inbox_directory: InboxDirectory,
+    pub cache: CacheConfig,
+    pub usage_flush_interval: Duration,
+    pub access_log: bool,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub graceful_shutdown_timeout: Duration,
+    pub upstream_keepalive_pool_size: usize,
+    pub pid_file: Option<String>,
+    pub upgrade_sock: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    Sqlite { path: PathBuf },
+}
+
+/// What a management token may reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenScope {
+    All,
+    Pods(HashSet<String>),
+    Inboxes(HashSet<String>),
+}
+
+#[derive(Debug, Clone)]
+pub struct ManagementToken {
+    pub name: String,
+    pub sha256: [u8; 32],
+    pub scope: TokenScope,
+}
+
+/// Who owns an inbox.
+#[derive(Debug, Clone)]
+pub enum InboxDirectory {
+    /// Every inbox exists; none has a pod. Only valid when every token has scope `all`.
+    None,
+    /// A fixed table: inbox id to its pod (if any).
+    Static(BTreeMap<String, Option<String>>),
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub max_entries: u64,
+    pub ttl: Duration,
+    pub negative_max_entries: u64,
+    pub negative_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub addresses: Vec<SocketAddr>,
+    /// `None`: TCP connect check. `Some(path)`: HTTP GET of that path, 200 is healthy.
+    pub health_check_path: Option<String>,
+    pub health_check_interval: Duration,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub template: RouteTemplate,
+    pub upstream: usize,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` only labels error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        Validator { path }.validate(file)
+    }
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+}
+
+impl Validator<'_> {
+    fn err(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn socket_addr(&self, field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+        value.parse().map_err(|_| {
+            self.err(
+                field,
+                format!("{value:?} is not an IP:port address (write e.g. \"127.0.0.1:8080\")"),
+            )
+        })
+    }
+
+    fn positive(&self, field: &str, value: u64) -> Result<u64, ConfigError> {
+        if value == 0 {
+            return Err(self.err(field, "must be greater than 0"));
+        }
+        Ok(value)
+    }
+
+    fn validate(&self, file: FileConfig) -> Result<Config, ConfigError> {
+        let server = self.server(file.server)?;
+        let metrics_listen = match file.metrics {
+            Some(m) => Some(self.socket_addr("metrics.listen", &m.listen)?),
+            None => None,
+        };
+        if metrics_listen == Some(server.listen) {
+            return Err(self.err(
+                "metrics.listen",
+                "must differ from server.listen (the metrics endpoint needs its own port)",
+            ));
+        }
+        let store = self.store(file.store)?;
+        let key_prefix = self.key_prefix(file.keys)?;
+        let management_tokens = self.tokens(file.management)?;
+        let inbox_directory = self.directory(file.inbox_directory, &management_tokens)?;
+        let cache = self.cache(file.cache)?;
+        let flush_ms = file
+            .usage
+            .flush_interval_ms
+            .unwrap_or(DEFAULT_USAGE_FLUSH_INTERVAL_MS);
+        self.positive("usage.flush_interval_ms", flush_ms)?;
+        let upstreams = self.upstreams(file.upstreams)?;
+        let routes = self.routes(file.routes, &upstreams)?;
+        Ok(Config {
+            server,
+            metrics_listen,
+            store,
+            key_prefix,
+            management_tokens,
+            inbox_directory,
+            cache,
+            usage_flush_interval: Duration::from_millis(flush_ms),
+            access_log: file.logging.access_log.unwrap_or(true),
+            upstreams,
+            routes,
+        })
+    }
+
+    fn server(&self, s: FileServer) -> Result<ServerConfig, ConfigError> {
+        let listen = self.socket_addr("server.listen", &s.listen)?;
+        let threads = s.threads.unwrap_or(DEFAULT_THREADS);
+        if threads == 0 || threads > 1024 {
+            return Err(self.err("server.threads", "must be between 1 and 1024"));
+        }
+        let pool = s
+            .upstream_keepalive_pool_size
+            .unwrap_or(DEFAULT_UPSTREAM_KEEPALIVE_POOL_SIZE);
+        Ok(ServerConfig {
+            listen,
+            threads,
+            grace_period: Duration::from_secs(
+                s.grace_period_seconds.unwrap_or(DEFAULT_GRACE_PERIOD_SECS),
+            ),
+            graceful_shutdown_timeout: Duration::from_secs(
+                s.graceful_shutdown_timeout_seconds
+                    .unwrap_or(DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECS),
+            ),
+            upstream_keepalive_pool_size: pool,
+            pid_file: s.pid_file,
+            upgrade_sock: s.upgrade_sock,
+        })
+    }
+
+    fn store(&self, s: FileStore) -> Result<StoreConfig, ConfigError> {
+        match s.kind.as_str() {
+            "sqlite" => {
+                let path = s.path.filter(|p| !p.trim().is_empty()).ok_or_else(|| {
+                    self.err(
+                        "store.path",
+                        "is required for kind = \"sqlite\" (write e.g. path = \"data/gateway.db\")",
+                    )
+                })?;
+                Ok(StoreConfig::Sqlite { path: path.into() })
+            }
+            other => Err(self.err(
+                "store.kind",
+                format!("{other:?} is not a supported store (supported: \"sqlite\")"),
+            )),
+        }
+    }
+
+    fn key_prefix(&self, k: FileKeys) -> Result<String, ConfigError> {
+        let prefix = k.prefix.unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_owned());
+        let ok = !prefix.is_empty()
+            && prefix.len() <= MAX_KEY_PREFIX_LEN
+            && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if !ok {
+            return Err(self.err(
+                "keys.prefix",
+                format!(
+                    "{prefix:?} must be 1 to {MAX_KEY_PREFIX_LEN} lowercase ASCII letters or digits (e.g. \"agk\")"
+                ),
+            ));
+        }
+        Ok(prefix)
+    }
+
+    fn tokens(&self, m: FileManagement) -> Result<Vec<ManagementToken>, ConfigError> {
+        let mut names = HashSet::new();
+        let mut hashes = HashSet::new();
+        let mut out = Vec::with_capacity(m.tokens.len());
+        for (i, t) in m.tokens.into_iter().enumerate() {
+            let field = |f: &str| format!("management.tokens[{i}].{f}");
+            if t.name.trim().is_empty() {
+                return Err(self.err(field("name"), "must not be empty"));
+            }
+            if !names.insert(t.name.clone()) {
+                return Err(self.err(
+                    field("name"),
+                    format!("{:?} is used by another token; names must be unique", t.name),
+                ));
+            }
+            let mut sha256 = [0u8; 32];
+            if t.sha256.len() != 64 || hex::decode_to_slice(&t.sha256, &mut sha256).is_err() {
+                return Err(self.err(
+                    field("sha256"),
+                    "must be 64 hex characters, the SHA-256 of the token (generate a token with `agentry-gateway new-token --name NAME`)",
+                ));
+            }
+            if t.sha256.eq_ignore_ascii_case(QUICKSTART_TOKEN_SHA256) {
+                log::warn!(
+                    "management.tokens[{i}] ({:?}) is the public quick-start token; replace it (agentry-gateway new-token)",
+                    t.name
+                );
+            }
+            if !hashes.insert(sha256) {
+                return Err(self.err(field("sha256"), "is the same as another token's"));
+            }
+            let scope = match (t.scope.as_deref(), t.pods, t.inboxes) {
+                (Some("all"), None, None) => TokenScope::All,
+                (Some(other), None, None) => {
+                    return Err(self.err(
+                        field("scope"),
+                        format!("{other:?} is not a scope; write scope = \"all\", or pods = [...], or inboxes = [...]"),
+                    ))
+                }
+                (None, Some(pods), None) => TokenScope::Pods(self.id_list(&field("pods"), pods)?),
+                (None, None, Some(inboxes)) => {
+                    TokenScope::Inboxes(self.id_list(&field("inboxes"), inboxes)?)
+                }
+                _ => {
+                    return Err(self.err(
+                        field("scope"),
+                        "give exactly one of scope = \"all\", pods = [...], inboxes = [...]",
+                    ))
+                }
+            };
+            out.push(ManagementToken {
+                name: t.name,
+                sha256,
+                scope,
+            });
+        }
+        Ok(out)
+    }
+
+    fn id_list(&self, field: &str, ids: Vec<String>) -> Result<HashSet<String>, ConfigError> {
+        if ids.is_empty() {
+            return Err(self.err(
+                field,
+                "must list at least one id (a token that reaches nothing is a mistake)",
+            ));
+        }
+        if let Some(bad) = ids.iter().find(|s| s.is_empty()) {
+            return Err(self.err(field, format!("{bad:?}: ids must not be empty")));
+        }
+        Ok(ids.into_iter().collect())
+    }
+
+    fn directory(
+        &self,
+        d: FileInboxDirectory,
+        tokens: &[ManagementToken],
+    ) -> Result<InboxDirectory, ConfigError> {
+        match d.source.as_str() {
+            "none" => {
+                if !d.inboxes.is_empty() {
+                    return Err(self.err(
+                        "inbox_directory.inboxes",
+                        "must be empty when source = \"none\" (use source = \"static\" to list inboxes)",
+                    ));
+                }
+                if let Some(t) = tokens.iter().find(|t| t.scope != TokenScope::All) {
+                    return Err(self.err(
+                        "inbox_directory.source",
+                        format!(
+                            "\"none\" requires every management token to have scope = \"all\", but token {:?} is scoped; use source = \"static\" and list the inboxes",
+                            t.name
+                        ),
+                    ));
+                }
+                Ok(InboxDirectory::None)
+            }
+            "static" => {
+                let mut map = BTreeMap::new();
+                for (i, inbox) in d.inboxes.into_iter().enumerate() {
+                    let field = format!("inbox_directory.inboxes[{i}].inbox_id");
+                    if let Err(msg) = crate::management::routes::validate_inbox_id(&inbox.inbox_id)
+                    {
+                        return Err(self.err(field, msg));
+                    }
+                    if inbox.pod_id.as_deref() == Some("") {
+                        return Err(self.err(
+                            format!("inbox_directory.inboxes[{i}].pod_id"),
+                            "must not be empty (omit it when the inbox has no pod)",
+                        ));
+                    }
+                    if map.insert(inbox.inbox_id.clone(), inbox.pod_id).is_some() {
+                        return Err(self.err(
+                            field,
+                            format!("{:?} is listed twice", inbox.inbox_id),
+                        ));
+                    }
+                }
+                Ok(InboxDirectory::Static(map))
+            }
+            other => Err(self.err(
+                "inbox_directory.source",
+                format!("{other:?} is not a source (supported: \"static\", \"none\")"),
+            )),
+        }
+    }
+
+    fn cache(&self, c: FileCache) -> Result<CacheConfig, ConfigError> {
+        let max_entries = self.positive(
+            "cache.max_entries",
+            c.max_entries.unwrap_or(DEFAULT_CACHE_MAX_ENTRIES),
+        )?;
+        let ttl = self.positive(
+            "cache.ttl_seconds",
+            c.ttl_seconds.unwrap_or(DEFAULT_CACHE_TTL_SECS),
+        )?;
+        let negative_max_entries = self.positive(
+            "cache.negative_max_entries",
+            c.negative_max_entries
+                .unwrap_or(DEFAULT_NEGATIVE_CACHE_MAX_ENTRIES),
+        )?;
+        let negative_ttl = self.positive(
+            "cache.negative_ttl_seconds",
+            c.negative_ttl_seconds
+                .unwrap_or(DEFAULT_NEGATIVE_CACHE_TTL_SECS),
+        )?;
+        Ok(CacheConfig {
+            max_entries,
+            ttl: Duration::from_secs(ttl),
+            negative_max_entries,
+            negative_ttl: Duration::from_secs(negative_ttl),
+        })
+    }
+
+    fn upstreams(&self, ups: Vec<FileUpstream>) -> Result<Vec<UpstreamConfig>, ConfigError> {
+        let mut names = HashSet::new();
+        let mut out = Vec::with_capacity(ups.len());
+        for (i, u) in ups.into_iter().enumerate() {
+            let field = |f: &str| format!("upstreams[{i}].{f}");
+            let name_ok = !u.name.is_empty()
+                && u.name.len() <= 64
+                && u.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !name_ok {
+                return Err(self.err(
+                    field("name"),
+                    format!("{:?} must be 1 to 64 characters of A-Z a-z 0-9 _ -", u.name),
+                ));
+            }
+            if !names.insert(u.name.clone()) {
+                return Err(self.err(field("name"), format!("{:?} is defined twice", u.name)));
+            }
+            if u.addresses.is_empty() {
+                return Err(self.err(
+                    field("addresses"),
+                    "must list at least one IP:port (e.g. [\"127.0.0.1:3000\"])",
+                ));
+            }
+            let mut addresses = Vec::with_capacity(u.addresses.len());
+            for (j, a) in u.addresses.iter().enumerate() {
+                addresses.push(self.socket_addr(&format!("upstreams[{i}].addresses[{j}]"), a)?);
+            }
+            let (health_check_path, interval) = match u.health_check {
+                None => (None, DEFAULT_HEALTH_CHECK_INTERVAL_SECS),
+                Some(h) => {
+                    if let Some(p) = &h.path {
+                        if !p.starts_with('/') || p.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                            return Err(self.err(
+                                field("health_check.path"),
+                                format!("{p:?} must start with '/' and hold no spaces or control characters"),
+                            ));
+                        }
+                    }
+                    (
+                        h.path,
+                        self.positive(
+                            &field("health_check.interval_seconds"),
+                            h.interval_seconds
+                                .unwrap_or(DEFAULT_HEALTH_CHECK_INTERVAL_SECS),
+                        )?,
+                    )
+                }
+            };
+            let connect = self.positive(
+                &field("connect_timeout_ms"),
+                u.connect_timeout_ms.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS),
+            )?;
+            let read = self.positive(
+                &field("read_timeout_ms"),
+                u.read_timeout_ms.unwrap_or(DEFAULT_READ_TIMEOUT_MS),
+            )?;
+            out.push(UpstreamConfig {
+                name: u.name,
+                addresses,
+                health_check_path,
+                health_check_interval: Duration::from_secs(interval),
+                connect_timeout: Duration::from_millis(connect),
+                read_timeout: Duration::from_millis(read),
+            });
+        }
+        Ok(out)
+    }
+
+    fn routes(
+        &self,
+        routes: Vec<FileRoute>,
+        upstreams: &[UpstreamConfig],
+    ) -> Result<Vec<RouteConfig>, ConfigError> {
+        let mut out = Vec::with_capacity(routes.len());
+        for (i, r) in routes.into_iter().enumerate() {
+            let template = RouteTemplate::parse(&r.path)
+                .map_err(|msg| self.err(format!("routes[{i}].path"), msg))?;
+            let upstream = upstreams
+                .iter()
+                .position(|u| u.name == r.upstream)
+                .ok_or_else(|| {
+                    let defined: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+                    self.err(
+                        format!("routes[{i}].upstream"),
+                        format!(
+                            "{:?} is not a defined upstream (defined: {})",
+                            r.upstream,
+                            if defined.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                defined.join(", ")
+                            }
+                        ),
+                    )
+                })?;
+            out.push(RouteConfig { template, upstream });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+[store]
+kind = "sqlite"
+path = "x.db"
+[inbox_directory]
+source = "none"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.server.threads, DEFAULT_THREADS);
+        assert_eq!(c.key_prefix, "agk");
+        assert_eq!(c.usage_flush_interval, Duration::from_millis(1000));
+        assert!(c.access_log);
+    }
+
+    #[test]
+    fn unknown_field_is_rejected_with_its_name() {
+        let text = MINIMAL.replace("[store]", "[store]\nkindd = 1");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("unknown field `kindd`"), "{e}");
+    }
+
+    #[test]
+    fn bad_listen_names_field() {
+        let text = MINIMAL.replace("127.0.0.1:8080", "localhost");
+        let e = parse(&text).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "test.toml: server.listen: \"localhost\" is not an IP:port address (write e.g. \"127.0.0.1:8080\")"
+        );
+    }
+
+    #[test]
+    fn route_to_unknown_upstream_lists_defined() {
+        let text = format!(
+            "{MINIMAL}\n[[upstreams]]\nname = \"inbox\"\naddresses = [\"127.0.0.1:1\"]\n[[routes]]\npath = \"/v0/inboxes/{{inbox_id}}\"\nupstream = \"mail\"\n"
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "test.toml: routes[0].upstream: \"mail\" is not a defined upstream (defined: inbox)"
+        );
+    }
+
+    #[test]
+    fn none_directory_requires_all_scoped_tokens() {
+        let text = format!(
+            "{MINIMAL}\n[[management.tokens]]\nname = \"a\"\nsha256 = \"{}\"\npods = [\"pod_1\"]\n",
+            "0".repeat(64)
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("inbox_directory.source"), "{e}");
+    }
+
+    #[test]
+    fn token_needs_exactly_one_scope() {
+        let text = format!(
+            "{MINIMAL}\n[[management.tokens]]\nname = \"a\"\nsha256 = \"{}\"\nscope = \"all\"\npods = [\"p\"]\n",
+            "0".repeat(64)
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("management.tokens[0].scope"), "{e}");
+    }
+
+    #[test]
+    fn bad_sha256_explains_fix() {
+        let text = format!(
+            "{MINIMAL}\n[[management.tokens]]\nname = \"a\"\nsha256 = \"abc\"\nscope = \"all\"\n"
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("management.tokens[0].sha256"), "{e}");
+        assert!(e.contains("new-token"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_keeps_line_number() {
+        let e = parse("[server\nlisten=1").unwrap_err().to_string();
+        assert!(e.contains("line 1"), "{e}");
+    }
+}

@@ -1,0 +1,192 @@
+//! The API key format: generate, parse with checksum, hash (SHA-256), compare in constant time.
+//!
+//! A key is `{prefix}_{43 base62 chars}{6 base62 chars}`: 43 characters drawn uniformly from the
+//! OS CSPRNG carry 256 bits, and the last 6 are the CRC32 of everything before them (GitHub's
+//! scheme), so typos and garbage are rejected without hashing or any lookup.
+
+use rand::distributions::{Alphanumeric, DistString};
+use rand::rngs::OsRng;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Random base62 characters in a key: 43 × log2(62) ≈ 256.03 bits.
+pub const RANDOM_CHARS: usize = 43;
+/// Base62 characters of the CRC32 checksum (62^6 > 2^32).
+pub const CHECKSUM_CHARS: usize = 6;
+/// Random characters shown in the public `prefix` field (about 36 of the 256 bits).
+pub const DISPLAY_RANDOM_CHARS: usize = 6;
+
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// SHA-256 of a secret (API key or management token).
+pub type KeyHash = [u8; 32];
+
+/// Why a presented key was rejected before any lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyFormatError {
+    #[error("key has the wrong shape")]
+    Malformed,
+    #[error("key checksum does not match")]
+    Checksum,
+}
+
+/// A freshly generated key: the plaintext (shown once) and what is stored about it.
+pub struct NewKeyMaterial {
+    pub plaintext: String,
+    pub display_prefix: String,
+    pub hash: KeyHash,
+}
+
+/// The key format of one deployment (its type prefix).
+#[derive(Debug, Clone)]
+pub struct KeyFormat {
+    prefix: String,
+    total_len: usize,
+}
+
+impl KeyFormat {
+    pub fn new(prefix: &str) -> KeyFormat {
+        KeyFormat {
+            prefix: prefix.to_owned(),
+            total_len: prefix.len() + 1 + RANDOM_CHARS + CHECKSUM_CHARS,
+        }
+    }
+
+    /// Generates a new key from the OS CSPRNG.
+    pub fn generate(&self) -> NewKeyMaterial {
+        let random = Alphanumeric.sample_string(&mut OsRng, RANDOM_CHARS);
+        let mut plaintext = String::with_capacity(self.total_len);
+        plaintext.push_str(&self.prefix);
+        plaintext.push('_');
+        plaintext.push_str(&random);
+        let checksum = encode_checksum(crc32fast::hash(plaintext.as_bytes()));
+        plaintext.push_str(std::str::from_utf8(&checksum).expect("base62 is ASCII"));
+        let display_prefix = format!("{}_{}", self.prefix, &random[..DISPLAY_RANDOM_CHARS]);
+        let hash = hash_secret(plaintext.as_bytes());
+        NewKeyMaterial {
+            plaintext,
+            display_prefix,
+            hash,
+        }
+    }
+
+    /// Checks shape and checksum of a presented key. Cheap: no hashing, no allocation.
+    pub fn check(&self, key: &[u8]) -> Result<(), KeyFormatError> {
+        if key.len() != self.total_len
+            || !key.starts_with(self.prefix.as_bytes())
+            || key[self.prefix.len()] != b'_'
+        {
+            return Err(KeyFormatError::Malformed);
+        }
+        let body = &key[self.prefix.len() + 1..];
+        if !body.iter().all(u8::is_ascii_alphanumeric) {
+            return Err(KeyFormatError::Malformed);
+        }
+        let (signed, checksum) = key.split_at(self.total_len - CHECKSUM_CHARS);
+        if encode_checksum(crc32fast::hash(signed)) != checksum {
+            return Err(KeyFormatError::Checksum);
+        }
+        Ok(())
+    }
+}
+
+fn encode_checksum(mut crc: u32) -> [u8; CHECKSUM_CHARS] {
+    let mut out = [b'0'; CHECKSUM_CHARS];
+    for slot in out.iter_mut().rev() {
+        *slot = BASE62[(crc % 62) as usize];
+        crc /= 62;
+    }
+    out
+}
+
+/// SHA-256 of a secret.
+pub fn hash_secret(secret: &[u8]) -> KeyHash {
+    Sha256::digest(secret).into()
+}
+
+/// Constant-time equality of two hashes.
+pub fn hashes_equal(a: &KeyHash, b: &KeyHash) -> bool {
+    a.ct_eq(b).into()
+}
+
+/// A random opaque, URL-safe identifier: `{kind}_` + 22 base62 characters (~131 bits).
+pub fn random_id(kind: &str) -> String {
+    format!("{kind}_{}", Alphanumeric.sample_string(&mut OsRng, 22))
+}
+
+/// A fresh management token (`agm_` + 256 random bits), for `new-token`.
+pub fn generate_management_token() -> String {
+    format!("agm_{}", Alphanumeric.sample_string(&mut OsRng, RANDOM_CHARS))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_key_checks_and_has_expected_shape() {
+        let f = KeyFormat::new("agk");
+        let k = f.generate();
+        assert_eq!(k.plaintext.len(), 3 + 1 + 43 + 6);
+        assert!(k.plaintext.starts_with("agk_"));
+        assert_eq!(k.display_prefix.len(), 4 + DISPLAY_RANDOM_CHARS);
+        assert!(k.plaintext.starts_with(&k.display_prefix));
+        assert_eq!(f.check(k.plaintext.as_bytes()), Ok(()));
+        assert_eq!(k.hash, hash_secret(k.plaintext.as_bytes()));
+    }
+
+    #[test]
+    fn every_single_character_change_is_caught() {
+        let f = KeyFormat::new("agk");
+        let k = f.generate().plaintext.into_bytes();
+        for i in 4..k.len() {
+            let mut bad = k.clone();
+            bad[i] = if bad[i] == b'a' { b'b' } else { b'a' };
+            assert!(f.check(&bad).is_err(), "position {i}");
+        }
+    }
+
+    #[test]
+    fn wrong_shapes_are_malformed() {
+        let f = KeyFormat::new("agk");
+        let k = f.generate().plaintext;
+        assert_eq!(f.check(b""), Err(KeyFormatError::Malformed));
+        assert_eq!(
+            f.check(&k.as_bytes()[..k.len() - 1]),
+            Err(KeyFormatError::Malformed)
+        );
+        assert_eq!(
+            f.check(format!("{k}x").as_bytes()),
+            Err(KeyFormatError::Malformed)
+        );
+        let other = KeyFormat::new("xyz").generate().plaintext;
+        assert_eq!(f.check(other.as_bytes()), Err(KeyFormatError::Malformed));
+        let mut dash = k.clone().into_bytes();
+        dash[10] = b'-';
+        assert_eq!(f.check(&dash), Err(KeyFormatError::Malformed));
+    }
+
+    #[test]
+    fn checksum_encoding_is_fixed_width() {
+        assert_eq!(&encode_checksum(0), b"000000");
+        assert_eq!(&encode_checksum(61), b"00000z");
+        assert_eq!(&encode_checksum(u32::MAX), b"4gfFC3");
+    }
+
+    #[test]
+    fn keys_are_unique() {
+        let f = KeyFormat::new("agk");
+        let a = f.generate();
+        let b = f.generate();
+        assert_ne!(a.plaintext, b.plaintext);
+        assert!(!hashes_equal(&a.hash, &b.hash));
+        assert!(hashes_equal(&a.hash, &a.hash));
+    }
+
+    #[test]
+    fn ids_are_url_safe() {
+        let id = random_id("key");
+        assert_eq!(id.len(), 26);
+        assert!(id[4..].bytes().all(|b| b.is_ascii_alphanumeric()));
+    }
+}

@@ -1,0 +1,168 @@
+//! agentry-gateway: an API-key reverse-proxy auth gateway on pingora. `build` wires it up.
+
+pub mod access_log;
+pub mod admin;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod keys;
+pub mod management;
+pub mod metrics;
+pub mod proxy;
+pub mod store;
+pub mod upstream;
+
+use std::sync::Arc;
+
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+
+use auth::usage::{UsageFlusher, UsageRecorder};
+use auth::Verifier;
+use config::{Config, StoreConfig};
+use keys::KeyFormat;
+use management::principal::Principals;
+use management::Management;
+use metrics::Metrics;
+use proxy::{Gateway, RequestIds};
+use store::metered::MeteredStore;
+use store::sqlite::SqliteStore;
+use store::Store;
+use upstream::Upstream;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("upstreams[{index}]: {message}")]
+    Upstream { index: usize, message: String },
+    #[error("server: {0}")]
+    Server(String),
+}
+
+/// A built, not yet running gateway.
+pub struct Built {
+    pub server: Server,
+    /// For the final `used_at` flush after the server stops.
+    pub usage: Arc<UsageRecorder>,
+}
+
+/// Opens the configured store (schema migrated).
+pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+    match &config.store {
+        StoreConfig::Sqlite { path } => Ok(Arc::new(SqliteStore::open(path)?)),
+    }
+}
+
+/// Builds the pingora server with every service: proxy + management listener, metrics
+/// listener, used_at flusher and upstream health checks.
+pub fn build(config: Config) -> Result<Built, StartError> {
+    let route_names: Vec<String> = config
+        .routes
+        .iter()
+        .map(|r| r.template.as_str().to_owned())
+        .collect();
+    let upstream_names: Vec<String> = config.upstreams.iter().map(|u| u.name.clone()).collect();
+    let metrics = Arc::new(Metrics::new(&route_names, &upstream_names));
+    let store: Arc<dyn Store> = Arc::new(MeteredStore::new(open_store(&config)?, metrics.clone()));
+
+    let key_format = KeyFormat::new(&config.key_prefix);
+    let verifier = Arc::new(Verifier::new(
+        key_format.clone(),
+        &config.cache,
+        store.clone(),
+        metrics.clone(),
+    ));
+    let usage = Arc::new(UsageRecorder::new(store.clone(), metrics.clone()));
+
+    let port = config.server.listen.port();
+    let conf = ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(config.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout.as_secs()),
+        upstream_keepalive_pool_size: config.server.upstream_keepalive_pool_size,
+        pid_file: config
+            .server
+            .pid_file
+            .clone()
+            .unwrap_or_else(|| format!("/tmp/agentry-gateway-{port}.pid")),
+        upgrade_sock: config
+            .server
+            .upgrade_sock
+            .clone()
+            .unwrap_or_else(|| format!("/tmp/agentry-gateway-{port}.sock")),
+        ..ServerConf::default()
+    };
+    let conf = conf
+        .validate()
+        .map_err(|e| StartError::Server(e.to_string()))?;
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut upstreams = Vec::with_capacity(config.upstreams.len());
+    for (index, u) in config.upstreams.iter().enumerate() {
+        let (upstream, health) = Upstream::build(u).map_err(|e| StartError::Upstream {
+            index,
+            message: e.to_string(),
+        })?;
+        upstreams.push(upstream);
+        server.add_service(health);
+    }
+    let upstreams = Arc::new(upstreams);
+
+    let gateway = Gateway {
+        management: Management {
+            store: store.clone(),
+            verifier: verifier.clone(),
+            usage: usage.clone(),
+            principals: Principals::new(
+                config.management_tokens.clone(),
+                config.inbox_directory.clone(),
+            ),
+            key_format,
+            clock: Default::default(),
+        },
+        verifier,
+        usage: usage.clone(),
+        routes: config.routes.clone(),
+        upstreams: upstreams.clone(),
+        metrics: metrics.clone(),
+        access_log: config
+            .access_log
+            .then(|| access_log::AccessLog::start(metrics.clone())),
+        request_ids: RequestIds::default(),
+    };
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        gateway,
+        "agentry-gateway",
+    );
+    proxy.add_tcp(&config.server.listen.to_string());
+    server.add_service(proxy);
+
+    if let Some(addr) = config.metrics_listen {
+        let mut admin = Service::new(
+            "metrics".to_owned(),
+            admin::AdminApp {
+                metrics: metrics.clone(),
+                store: store.clone(),
+                upstreams,
+            },
+        );
+        admin.add_tcp(&addr.to_string());
+        admin.threads = Some(1);
+        server.add_service(admin);
+    }
+
+    server.add_service(background_service(
+        "used_at flusher",
+        UsageFlusher {
+            recorder: usage.clone(),
+            interval: config.usage_flush_interval,
+        },
+    ));
+    Ok(Built { server, usage })
+}

@@ -1,0 +1,108 @@
+//! CLI and wiring: parse args, load config, build the server, run, final used_at flush.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use agentry_gateway::config::Config;
+use agentry_gateway::keys::{generate_management_token, hash_secret};
+
+#[derive(Parser)]
+#[command(name = "agentry-gateway", version, about = "API-key auth gateway on pingora")]
+struct Cli {
+    /// Config file (TOML); running the gateway is the default command.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run,
+    /// Validate a config file without starting.
+    CheckConfig,
+    /// Print a fresh management token (once) and the TOML lines that admit it.
+    NewToken {
+        /// Token name, as it will appear in the config.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+fn load(config: Option<PathBuf>) -> Result<Config, String> {
+    let path = config.ok_or("--config FILE is required")?;
+    Config::load(&path).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::NewToken { name } => {
+            let token = generate_management_token();
+            let hash = hex::encode(hash_secret(token.as_bytes()));
+            println!("# management token (shown once; store it in your secret manager):");
+            println!("# {token}");
+            println!("[[management.tokens]]");
+            println!("name = {}", toml::Value::String(name));
+            println!("sha256 = \"{hash}\"");
+            println!("scope = \"all\"");
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig => match load(cli.config) {
+            Ok(_) => {
+                println!("config ok");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run => run(cli.config),
+    }
+}
+
+fn run(config: Option<PathBuf>) -> ExitCode {
+    let config = match load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let listen = config.server.listen;
+    let built = match agentry_gateway::build(config) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    log::info!("agentry-gateway listening on {listen}");
+    built.server.run(pingora::server::RunArgs::default());
+    // The server has stopped: write whatever used_at marks are still pending.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            log::error!("final used_at flush: no runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(built.usage.flush()) {
+        Ok(n) => {
+            log::info!("final used_at flush wrote {n} marks; exiting");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            log::error!("final used_at flush failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

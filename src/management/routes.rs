@@ -1,0 +1,186 @@
+//! Management routing: `/human/v0/inboxes/{inbox_id}/api-keys[/{api_key_id}]` from raw path bytes.
+
+use http::Method;
+
+use super::errors::{ApiError, NotFound};
+use crate::auth::scope::{decode_segment, validate_query, TargetError};
+use crate::metrics::ManagementRoute;
+
+pub const MAX_INBOX_ID_CHARS: usize = 254;
+
+/// A recognised management endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    ListApiKeys { inbox_id: String },
+    CreateApiKey { inbox_id: String },
+    DeleteApiKey { inbox_id: String, api_key_id: String },
+}
+
+impl Endpoint {
+    pub fn metric_route(&self) -> ManagementRoute {
+        match self {
+            Endpoint::ListApiKeys { .. } => ManagementRoute::ListApiKeys,
+            Endpoint::CreateApiKey { .. } => ManagementRoute::CreateApiKey,
+            Endpoint::DeleteApiKey { .. } => ManagementRoute::DeleteApiKey,
+        }
+    }
+
+    pub fn inbox_id(&self) -> &str {
+        match self {
+            Endpoint::ListApiKeys { inbox_id }
+            | Endpoint::CreateApiKey { inbox_id }
+            | Endpoint::DeleteApiKey { inbox_id, .. } => inbox_id,
+        }
+    }
+}
+
+/// Whether a raw path belongs to the management API.
+pub fn is_management_path(path: &[u8]) -> bool {
+    path == b"/human" || path.starts_with(b"/human/") || path.starts_with(b"/human?")
+}
+
+/// Checks an inbox id: 1 to 254 characters, no `/`, no control characters, not `.` or `..`.
+pub fn validate_inbox_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("inbox_id must not be empty".into());
+    }
+    if id.chars().count() > MAX_INBOX_ID_CHARS {
+        return Err(format!(
+            "inbox_id must be at most {MAX_INBOX_ID_CHARS} characters"
+        ));
+    }
+    if id.contains('/') {
+        return Err("inbox_id must not contain '/'".into());
+    }
+    if id.chars().any(char::is_control) {
+        return Err("inbox_id must not contain control characters".into());
+    }
+    if id == "." || id == ".." {
+        return Err("inbox_id must not be '.' or '..'".into());
+    }
+    Ok(())
+}
+
+fn inbox_error(message: impl Into<String>) -> ApiError {
+    ApiError::validation(&["path", "inbox_id"], message)
+}
+
+/// Decodes and validates the `{inbox_id}` segment.
+fn inbox_id(raw: &[u8]) -> Result<String, ApiError> {
+    if raw.iter().any(|&b| b <= b' ' || b == 0x7f || b == b'\\') {
+        return Err(inbox_error("inbox_id contains characters that are not allowed"));
+    }
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' {
+            let ok = raw.len() > i + 2
+                && raw[i + 1].is_ascii_hexdigit()
+                && raw[i + 2].is_ascii_hexdigit();
+            if !ok {
+                return Err(inbox_error("inbox_id has a malformed percent-escape"));
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    let decoded = String::from_utf8(decode_segment(raw))
+        .map_err(|_| inbox_error("inbox_id must be valid UTF-8"))?;
+    validate_inbox_id(&decoded).map_err(inbox_error)?;
+    Ok(decoded)
+}
+
+/// Maps method and raw target (path + query) to an endpoint, or the error to answer.
+pub fn route(method: &Method, path: &[u8], query: &[u8]) -> Result<Endpoint, ApiError> {
+    validate_query(query).map_err(|e: TargetError| ApiError::validation(&["query"], e.message()))?;
+    let segs: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
+    let head = segs.get(1..4);
+    if head != Some(&[&b"human"[..], b"v0", b"inboxes"][..]) {
+        return Err(ApiError::NotFound(NotFound::Route));
+    }
+    match segs.len() {
+        6 if segs[5] == b"api-keys" => {
+            let inbox_id = inbox_id(segs[4])?;
+            match *method {
+                Method::GET => Ok(Endpoint::ListApiKeys { inbox_id }),
+                Method::POST => Ok(Endpoint::CreateApiKey { inbox_id }),
+                _ => Err(ApiError::MethodNotAllowed { allow: "GET, POST" }),
+            }
+        }
+        7 if segs[5] == b"api-keys" && !segs[6].is_empty() => {
+            let inbox_id = inbox_id(segs[4])?;
+            let api_key_id = String::from_utf8(decode_segment(segs[6]))
+                .map_err(|_| ApiError::NotFound(NotFound::ApiKey))?;
+            match *method {
+                Method::DELETE => Ok(Endpoint::DeleteApiKey {
+                    inbox_id,
+                    api_key_id,
+                }),
+                _ => Err(ApiError::MethodNotAllowed { allow: "DELETE" }),
+            }
+        }
+        _ => Err(ApiError::NotFound(NotFound::Route)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(m: Method, p: &str) -> Result<Endpoint, ApiError> {
+        route(&m, p.as_bytes(), b"")
+    }
+
+    #[test]
+    fn routes_resolve() {
+        assert_eq!(
+            r(Method::GET, "/human/v0/inboxes/a%40b/api-keys").unwrap(),
+            Endpoint::ListApiKeys {
+                inbox_id: "a@b".into()
+            }
+        );
+        assert_eq!(
+            r(Method::DELETE, "/human/v0/inboxes/x/api-keys/key_1").unwrap(),
+            Endpoint::DeleteApiKey {
+                inbox_id: "x".into(),
+                api_key_id: "key_1".into()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_inbox_ids_are_validation_errors() {
+        let long = format!("/human/v0/inboxes/{}/api-keys", "a".repeat(255));
+        for p in [
+            "/human/v0/inboxes//api-keys",
+            "/human/v0/inboxes/a%2Fb/api-keys",
+            "/human/v0/inboxes/a%0Ab/api-keys",
+            "/human/v0/inboxes/%FF/api-keys",
+            "/human/v0/inboxes/%zz/api-keys",
+            "/human/v0/inboxes/../api-keys",
+            long.as_str(),
+        ] {
+            let e = r(Method::GET, p).unwrap_err();
+            assert_eq!(e.status(), 400, "{p}");
+        }
+        let ok = format!("/human/v0/inboxes/{}/api-keys", "é".repeat(254));
+        assert!(r(Method::GET, &ok).is_ok());
+    }
+
+    #[test]
+    fn unknown_paths_and_methods() {
+        assert_eq!(r(Method::GET, "/human/v0/nope").unwrap_err().status(), 404);
+        assert_eq!(
+            r(Method::GET, "/human/v0/inboxes/x/api-keys/").unwrap_err().status(),
+            404
+        );
+        assert!(matches!(
+            r(Method::PUT, "/human/v0/inboxes/x/api-keys"),
+            Err(ApiError::MethodNotAllowed { allow: "GET, POST" })
+        ));
+        assert!(matches!(
+            r(Method::GET, "/human/v0/inboxes/x/api-keys/k"),
+            Err(ApiError::MethodNotAllowed { allow: "DELETE" })
+        ));
+    }
+}

@@ -1,0 +1,575 @@
+//! The pingora `ProxyHttp` impl: thin; dispatches to the management API or to auth + forward.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType};
+
+use crate::access_log::{AccessLog, AccessRecord};
+use crate::auth::scope::{segment_equals, split_target, validate_path, validate_query};
+use crate::auth::usage::UsageRecorder;
+use crate::auth::verifier::{bearer_credential, AuthFailure};
+use crate::auth::{ApiKeyIdentity, Verifier};
+use crate::clock::now_us;
+use crate::config::RouteConfig;
+use crate::management::{routes::is_management_path, ApiResponse, Management};
+use crate::metrics::{ManagementRoute, Metrics, Rejection, UpstreamError};
+use crate::upstream::Upstream;
+
+pub const H_API_KEY_ID: HeaderName = HeaderName::from_static("x-agentry-api-key-id");
+pub const H_INBOX_ID: HeaderName = HeaderName::from_static("x-agentry-inbox-id");
+pub const H_POD_ID: HeaderName = HeaderName::from_static("x-agentry-pod-id");
+pub const H_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const H_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const H_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+const BEARER: HeaderValue = HeaderValue::from_static("Bearer");
+const HTTP: HeaderValue = HeaderValue::from_static("http");
+const NO_HEALTHY_BACKEND: ErrorType = ErrorType::Custom("no_healthy_backend");
+
+/// Longest client-supplied `X-Request-Id` that is kept.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// The gateway: everything a request needs, built once at start-up.
+pub struct Gateway {
+    pub management: Management,
+    pub verifier: Arc<Verifier>,
+    pub usage: Arc<UsageRecorder>,
+    pub routes: Vec<RouteConfig>,
+    pub upstreams: Arc<Vec<Upstream>>,
+    pub metrics: Arc<Metrics>,
+    pub access_log: Option<AccessLog>,
+    pub request_ids: RequestIds,
+}
+
+/// What kind of request this is, once known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Unknown,
+    Management(ManagementRoute),
+    Proxy,
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    start: Instant,
+    kind: Kind,
+    route: Option<usize>,
+    upstream: Option<usize>,
+    identity: Option<Arc<ApiKeyIdentity>>,
+    request_id: Option<HeaderValue>,
+    connect_retries: u8,
+}
+
+/// Request ids: kept from the client when well-formed, otherwise generated.
+pub struct RequestIds {
+    prefix: u64,
+    counter: std::sync::atomic::AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        RequestIds {
+            prefix: rand::random(),
+            counter: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl RequestIds {
+    fn pick(&self, client: Option<&HeaderValue>) -> HeaderValue {
+        if let Some(v) = client {
+            let b = v.as_bytes();
+            if !b.is_empty()
+                && b.len() <= MAX_REQUEST_ID_LEN
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+            {
+                return v.clone();
+            }
+        }
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let s = format!("{:016x}{:016x}", self.prefix, n);
+        HeaderValue::from_str(&s).expect("hex is a valid header value")
+    }
+}
+
+/// A JSON error of the proxy path: status and body, fixed per reason.
+struct ProxyError {
+    status: u16,
+    body: &'static str,
+    www_authenticate: bool,
+}
+
+const ERR_MISSING_AUTH: ProxyError = ProxyError {
+    status: 401,
+    body: r#"{"name":"AuthenticationError","code":"missing_authorization","message":"Authorization: Bearer <api key> is required"}"#,
+    www_authenticate: true,
+};
+const ERR_INVALID_KEY: ProxyError = ProxyError {
+    status: 401,
+    body: r#"{"name":"AuthenticationError","code":"invalid_api_key","message":"the API key is not valid"}"#,
+    www_authenticate: true,
+};
+const ERR_FORBIDDEN: ProxyError = ProxyError {
+    status: 403,
+    body: r#"{"name":"PermissionDeniedError","code":"forbidden_inbox","message":"the API key may not access this inbox"}"#,
+    www_authenticate: false,
+};
+const ERR_NO_ROUTE: ProxyError = ProxyError {
+    status: 404,
+    body: r#"{"name":"NotFoundError","code":"route_not_found","message":"no route matches this path"}"#,
+    www_authenticate: false,
+};
+const ERR_AUTH_UNAVAILABLE: ProxyError = ProxyError {
+    status: 503,
+    body: r#"{"name":"ServiceUnavailableError","code":"auth_unavailable","message":"the key store is unavailable; retry later"}"#,
+    www_authenticate: false,
+};
+const ERR_NO_BACKEND: ProxyError = ProxyError {
+    status: 503,
+    body: r#"{"name":"ServiceUnavailableError","code":"no_healthy_upstream","message":"no healthy upstream address"}"#,
+    www_authenticate: false,
+};
+const ERR_BAD_GATEWAY: ProxyError = ProxyError {
+    status: 502,
+    body: r#"{"name":"BadGatewayError","code":"upstream_error","message":"the upstream failed to answer"}"#,
+    www_authenticate: false,
+};
+const ERR_GATEWAY_TIMEOUT: ProxyError = ProxyError {
+    status: 504,
+    body: r#"{"name":"GatewayTimeoutError","code":"upstream_timeout","message":"the upstream did not answer in time"}"#,
+    www_authenticate: false,
+};
+const ERR_BAD_REQUEST: ProxyError = ProxyError {
+    status: 400,
+    body: r#"{"name":"BadRequestError","code":"bad_request","message":"the request could not be processed"}"#,
+    www_authenticate: false,
+};
+const ERR_INTERNAL: ProxyError = ProxyError {
+    status: 500,
+    body: r#"{"name":"InternalError","code":"internal_error","message":"internal error"}"#,
+    www_authenticate: false,
+};
+
+fn target_error_body(e: crate::auth::scope::TargetError) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "name": "ValidationError",
+        "code": "bad_request_target",
+        "message": e.message(),
+    }))
+    .unwrap_or_default()
+}
+
+/// Whether the request carries a body we would otherwise leave unread.
+fn has_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// Whether a header name, with `_` read as `-`, is in the gateway's `x-agentry-` namespace.
+fn is_identity_namespace(name: &HeaderName) -> bool {
+    let n = name.as_str().as_bytes();
+    n.len() >= 10
+        && n[..10]
+            .iter()
+            .map(|&b| if b == b'_' { b'-' } else { b })
+            .eq(b"x-agentry-".iter().copied())
+}
+
+impl Gateway {
+    async fn write_json(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        status: u16,
+        body: Option<Bytes>,
+        www_authenticate: bool,
+        allow: Option<&'static str>,
+    ) -> Result<()> {
+        let mut h = ResponseHeader::build(status, Some(6))?;
+        h.insert_header(header::CACHE_CONTROL, NO_STORE)?;
+        if let Some(id) = &ctx.request_id {
+            h.insert_header(H_REQUEST_ID, id.clone())?;
+        }
+        if www_authenticate {
+            h.insert_header(header::WWW_AUTHENTICATE, BEARER)?;
+        }
+        if let Some(allow) = allow {
+            h.insert_header(header::ALLOW, allow)?;
+        }
+        match body {
+            Some(body) => {
+                h.insert_header(header::CONTENT_TYPE, APPLICATION_JSON)?;
+                h.insert_header(header::CONTENT_LENGTH, body.len())?;
+                session.write_response_header(Box::new(h), false).await?;
+                session.write_response_body(Some(body), true).await?;
+            }
+            None => {
+                session.write_response_header(Box::new(h), true).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a proxied request with a fixed JSON error.
+    async fn reject(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        reason: Rejection,
+        e: &ProxyError,
+    ) -> Result<bool> {
+        self.metrics.reject(reason);
+        if has_body(session.req_header()) {
+            // Never leave an unread body behind on a refused request: close instead.
+            session.set_keepalive(None);
+        }
+        self.write_json(
+            session,
+            ctx,
+            e.status,
+            Some(Bytes::from_static(e.body.as_bytes())),
+            e.www_authenticate,
+            None,
+        )
+        .await?;
+        Ok(true)
+    }
+
+    async fn respond_management(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        r: ApiResponse,
+    ) -> Result<bool> {
+        ctx.kind = Kind::Management(r.route);
+        if r.close {
+            session.set_keepalive(None);
+        }
+        self.write_json(
+            session,
+            ctx,
+            r.status,
+            r.body.map(Bytes::from),
+            r.www_authenticate,
+            r.allow,
+        )
+        .await?;
+        Ok(true)
+    }
+
+    async fn proxy_request(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        path: &[u8],
+    ) -> Result<bool> {
+        let credential = match bearer_credential(&session.req_header().headers) {
+            Ok(c) => c,
+            Err(AuthFailure::Missing) => {
+                return self
+                    .reject(session, ctx, Rejection::MissingAuthorization, &ERR_MISSING_AUTH)
+                    .await
+            }
+            Err(f) => return self.reject(session, ctx, f.rejection(), &ERR_INVALID_KEY).await,
+        };
+        let identity = match self.verifier.verify(credential).await {
+            Ok(id) => id,
+            Err(AuthFailure::StoreUnavailable) => {
+                return self
+                    .reject(session, ctx, Rejection::StoreUnavailable, &ERR_AUTH_UNAVAILABLE)
+                    .await
+            }
+            Err(f) => return self.reject(session, ctx, f.rejection(), &ERR_INVALID_KEY).await,
+        };
+        let Some((i, segment)) = self
+            .routes
+            .iter()
+            .enumerate()
+            .find_map(|(i, r)| r.template.match_path(path).map(|s| (i, s)))
+        else {
+            return self
+                .reject(session, ctx, Rejection::NoRoute, &ERR_NO_ROUTE)
+                .await;
+        };
+        ctx.route = Some(i);
+        if !segment_equals(segment, identity.inbox_id.as_bytes()) {
+            return self
+                .reject(session, ctx, Rejection::ForbiddenInbox, &ERR_FORBIDDEN)
+                .await;
+        }
+        self.usage.touch(&identity, now_us());
+        ctx.upstream = Some(self.routes[i].upstream);
+        ctx.identity = Some(identity);
+        Ok(false)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            start: Instant::now(),
+            kind: Kind::Unknown,
+            route: None,
+            upstream: None,
+            identity: None,
+            request_id: None,
+            connect_retries: 0,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.start = Instant::now();
+        ctx.request_id = Some(
+            self.request_ids
+                .pick(session.req_header().headers.get(H_REQUEST_ID)),
+        );
+        let raw = session.req_header().raw_path().to_vec();
+        let (path, query) = match split_target(&raw) {
+            Ok(pq) => pq,
+            Err(e) => {
+                ctx.kind = Kind::Proxy;
+                self.metrics.reject(Rejection::BadRequestTarget);
+                session.set_keepalive(None);
+                let body = Bytes::from(target_error_body(e));
+                self.write_json(session, ctx, 400, Some(body), false, None)
+                    .await?;
+                return Ok(true);
+            }
+        };
+        if is_management_path(path) {
+            let r = self.management.handle(session, path, query).await;
+            return self.respond_management(session, ctx, r).await;
+        }
+        ctx.kind = Kind::Proxy;
+        if let Err(e) = validate_path(path).and_then(|_| validate_query(query)) {
+            self.metrics.reject(Rejection::BadRequestTarget);
+            if has_body(session.req_header()) {
+                session.set_keepalive(None);
+            }
+            let body = Bytes::from(target_error_body(e));
+            self.write_json(session, ctx, 400, Some(body), false, None)
+                .await?;
+            return Ok(true);
+        }
+        self.proxy_request(session, ctx, path).await
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let u = ctx
+            .upstream
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream chosen"))?;
+        self.upstreams[u]
+            .peer()
+            .ok_or_else(|| Error::explain(NO_HEALTHY_BACKEND, "no healthy upstream address"))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // One retry on another address: covers the window before a health check notices.
+        let many = ctx
+            .upstream
+            .is_some_and(|u| self.upstreams[u].lb.backends().get_backend().len() > 1);
+        if many && ctx.connect_retries == 0 {
+            ctx.connect_retries += 1;
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(id) = ctx.identity.as_ref() else {
+            return Error::e_explain(ErrorType::InternalError, "unauthenticated request upstream");
+        };
+        req.remove_header(&header::AUTHORIZATION);
+        req.remove_header(&header::PROXY_AUTHORIZATION);
+        // Hop-by-hop: a client's `Connection: x-agentry-...` must not nominate our headers.
+        req.remove_header(&header::CONNECTION);
+        let spoofed: Vec<HeaderName> = req
+            .headers
+            .keys()
+            .filter(|n| is_identity_namespace(n))
+            .cloned()
+            .collect();
+        for name in &spoofed {
+            req.remove_header(name);
+        }
+        req.insert_header(H_API_KEY_ID, id.api_key_id.clone())?;
+        req.insert_header(H_INBOX_ID, id.inbox_id.clone())?;
+        if let Some(pod) = &id.pod_id {
+            req.insert_header(H_POD_ID, pod.clone())?;
+        }
+        if let Some(PingoraAddr::Inet(addr)) = session.client_addr() {
+            req.insert_header(H_FORWARDED_FOR, addr.ip().to_string())?;
+        } else {
+            req.remove_header(&H_FORWARDED_FOR);
+        }
+        req.insert_header(H_FORWARDED_PROTO, HTTP)?;
+        if let Some(rid) = &ctx.request_id {
+            req.insert_header(H_REQUEST_ID, rid.clone())?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(u) = ctx.upstream {
+            self.metrics.upstream_responses[u].inc(resp.status.as_u16());
+        }
+        if let Some(rid) = &ctx.request_id {
+            resp.insert_header(H_REQUEST_ID, rid.clone())?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        use ErrorType::*;
+        let (err, reason) = match e.etype() {
+            t if *t == NO_HEALTHY_BACKEND => (Some(&ERR_NO_BACKEND), UpstreamError::NoHealthyBackend),
+            ConnectTimedout | ReadTimedout | WriteTimedout => {
+                (Some(&ERR_GATEWAY_TIMEOUT), UpstreamError::Timeout)
+            }
+            ConnectRefused => (Some(&ERR_BAD_GATEWAY), UpstreamError::Refused),
+            ConnectionClosed | ReadError | WriteError
+                if e.esource() == &ErrorSource::Upstream =>
+            {
+                (Some(&ERR_BAD_GATEWAY), UpstreamError::Reset)
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => (Some(&ERR_BAD_GATEWAY), UpstreamError::Other),
+                ErrorSource::Downstream => match e.etype() {
+                    WriteError | ReadError | ConnectionClosed => (None, UpstreamError::Other),
+                    _ => (Some(&ERR_BAD_REQUEST), UpstreamError::Other),
+                },
+                _ => (Some(&ERR_INTERNAL), UpstreamError::Other),
+            },
+        };
+        if e.esource() == &ErrorSource::Upstream || *e.etype() == NO_HEALTHY_BACKEND {
+            if let Some(u) = ctx.upstream {
+                self.metrics.upstream_error(u, reason);
+            }
+        }
+        let code = err.map_or(0, |x| x.status);
+        if let Some(err) = err {
+            if session.response_written().is_none() {
+                let body = Some(Bytes::from_static(err.body.as_bytes()));
+                if let Err(we) = self
+                    .write_json(session, ctx, err.status, body, false, None)
+                    .await
+                {
+                    log::debug!("could not write error response: {we}");
+                }
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.start.elapsed();
+        match ctx.kind {
+            Kind::Management(route) => {
+                self.metrics.management(route).inc(status);
+                self.metrics
+                    .management_duration
+                    .observe(elapsed.as_secs_f64());
+            }
+            Kind::Proxy | Kind::Unknown => {
+                let i = ctx.route.unwrap_or(self.routes.len());
+                self.metrics.proxy_requests[i].inc(status);
+                self.metrics.proxy_duration.observe(elapsed.as_secs_f64());
+            }
+        }
+        if let Some(log) = &self.access_log {
+            let req = session.req_header();
+            let raw = req.raw_path();
+            // The query is never logged: clients do put secrets there.
+            let path = raw.split(|&b| b == b'?').next().unwrap_or(raw);
+            log.send(AccessRecord {
+                method: req.method.clone(),
+                path: String::from_utf8_lossy(path).into_owned(),
+                status,
+                micros: elapsed.as_micros() as u64,
+                api_key_id: ctx.identity.as_ref().map(|i| i.api_key_id.clone()),
+                request_id: ctx.request_id.clone(),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_namespace_matches_all_spellings() {
+        for n in [
+            "x-agentry-inbox-id",
+            "x_agentry_inbox_id",
+            "x-agentry_inbox-id",
+            "x-agentry-anything",
+        ] {
+            assert!(is_identity_namespace(&HeaderName::from_bytes(n.as_bytes()).unwrap()), "{n}");
+        }
+        for n in ["x-agentryinbox", "x-request-id", "agentry-inbox-id"] {
+            assert!(!is_identity_namespace(&HeaderName::from_bytes(n.as_bytes()).unwrap()), "{n}");
+        }
+    }
+
+    #[test]
+    fn request_ids_keep_well_formed_and_replace_others() {
+        let ids = RequestIds::default();
+        let good = HeaderValue::from_static("abc-123.def:4_5");
+        assert_eq!(ids.pick(Some(&good)), good);
+        let bad = HeaderValue::from_static("a b");
+        let got = ids.pick(Some(&bad));
+        assert_eq!(got.len(), 32);
+        assert_ne!(ids.pick(None), ids.pick(None));
+    }
+}

@@ -1,0 +1,429 @@
+//! The embedded SQLite store: one file, WAL, `synchronous = FULL`, schema migrated on open.
+//!
+//! rusqlite is synchronous, so every call runs on tokio's blocking pool. One writer connection
+//! serialises writes; a few reader connections serve lookups concurrently (WAL allows this).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use super::{AuthRecord, Cursor, KeyRecord, NewKey, Store, StoreError};
+use crate::keys::KeyHash;
+
+const READERS: usize = 4;
+const BUSY_TIMEOUT_MS: u32 = 5000;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE api_keys (
+    api_key_id    TEXT PRIMARY KEY NOT NULL,
+    inbox_id      TEXT NOT NULL,
+    pod_id        TEXT,
+    name          TEXT NOT NULL,
+    prefix        TEXT NOT NULL,
+    key_hash      BLOB NOT NULL UNIQUE,
+    created_at_us INTEGER NOT NULL,
+    used_at_us    INTEGER
+);
+CREATE INDEX api_keys_by_inbox ON api_keys (inbox_id, created_at_us DESC, api_key_id DESC);
+"#];
+
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    /// Identity of the file the connections have open: (device, inode).
+    file_id: AtomicU64,
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn file_id(path: &Path) -> std::io::Result<u64> {
+    let m = std::fs::metadata(path)?;
+    Ok(m.dev().wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ m.ino())
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(unavailable)?;
+    conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS.into()))
+        .map_err(unavailable)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(unavailable)?;
+    // FULL: a commit is fsynced before it returns, so a 201 means the key survives power loss.
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(unavailable)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: usize = conn
+        .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
+        .map_err(unavailable)? as usize;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Unavailable(format!(
+            "database schema version {version} is newer than this gateway knows ({}); upgrade the gateway",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction().map_err(unavailable)?;
+        tx.execute_batch(sql).map_err(unavailable)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and migrates its schema.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let mut writer = open_connection(path)?;
+        migrate(&mut writer)?;
+        let readers = (0..READERS)
+            .map(|_| open_connection(path).map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let id = file_id(path).map_err(unavailable)?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                file_id: AtomicU64::new(id),
+                writer: Mutex::new(writer),
+                readers,
+                next_reader: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            inner.check_file()?;
+            f(&inner)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+}
+
+impl Inner {
+    /// Fails when the database file was removed or replaced under us: open connections would
+    /// otherwise keep serving a deleted file's stale contents. A file put back (or restored)
+    /// at the path is reopened, so the gateway recovers without a restart.
+    fn check_file(&self) -> Result<(), StoreError> {
+        let now = file_id(&self.path).map_err(|e| {
+            StoreError::Unavailable(format!("database file {}: {e}", self.path.display()))
+        })?;
+        if now == self.file_id.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut writer = self.writer.lock();
+        let mut fresh = open_connection(&self.path)?;
+        migrate(&mut fresh)?;
+        *writer = fresh;
+        for r in &self.readers {
+            *r.lock() = open_connection(&self.path)?;
+        }
+        self.file_id.store(now, Ordering::Release);
+        log::warn!(
+            "database file {} was replaced; connections reopened",
+            self.path.display()
+        );
+        Ok(())
+    }
+
+    fn reader(&self) -> parking_lot::MutexGuard<'_, Connection> {
+        for r in &self.readers {
+            if let Some(g) = r.try_lock() {
+                return g;
+            }
+        }
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        self.readers[i].lock()
+    }
+}
+
+fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
+    Ok(KeyRecord {
+        api_key_id: r.get(0)?,
+        inbox_id: r.get(1)?,
+        pod_id: r.get(2)?,
+        name: r.get(3)?,
+        prefix: r.get(4)?,
+        created_at_us: r.get(5)?,
+        used_at_us: r.get(6)?,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_key(&self, key: NewKey) -> Result<(), StoreError> {
+        self.run(move |db| {
+            let conn = db.writer.lock();
+            let r = &key.record;
+            conn.execute(
+                "INSERT INTO api_keys (api_key_id, inbox_id, pod_id, name, prefix, key_hash, created_at_us)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![r.api_key_id, r.inbox_id, r.pod_id, r.name, r.prefix, &key.hash[..], r.created_at_us],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    StoreError::Conflict("duplicate api_key_id or key hash".into())
+                }
+                other => unavailable(other),
+            })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_keys(
+        &self,
+        inbox_id: &str,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        let inbox_id = inbox_id.to_owned();
+        let after = after.cloned();
+        self.run(move |db| {
+            let conn = db.reader();
+            let limit = limit as i64;
+            let rows = match &after {
+                None => {
+                    let mut st = conn
+                        .prepare_cached(
+                            "SELECT api_key_id, inbox_id, pod_id, name, prefix, created_at_us, used_at_us
+                             FROM api_keys WHERE inbox_id = ?1
+                             ORDER BY created_at_us DESC, api_key_id DESC LIMIT ?2",
+                        )
+                        .map_err(unavailable)?;
+                    let it = st
+                        .query_map(params![inbox_id, limit], row_to_record)
+                        .map_err(unavailable)?;
+                    it.collect::<Result<Vec<_>, _>>()
+                }
+                Some(c) => {
+                    let mut st = conn
+                        .prepare_cached(
+                            "SELECT api_key_id, inbox_id, pod_id, name, prefix, created_at_us, used_at_us
+                             FROM api_keys WHERE inbox_id = ?1 AND (created_at_us, api_key_id) < (?2, ?3)
+                             ORDER BY created_at_us DESC, api_key_id DESC LIMIT ?4",
+                        )
+                        .map_err(unavailable)?;
+                    let it = st
+                        .query_map(
+                            params![inbox_id, c.created_at_us, c.api_key_id, limit],
+                            row_to_record,
+                        )
+                        .map_err(unavailable)?;
+                    it.collect::<Result<Vec<_>, _>>()
+                }
+            };
+            rows.map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn delete_key(
+        &self,
+        inbox_id: &str,
+        api_key_id: &str,
+    ) -> Result<Option<KeyHash>, StoreError> {
+        let inbox_id = inbox_id.to_owned();
+        let api_key_id = api_key_id.to_owned();
+        self.run(move |db| {
+            let conn = db.writer.lock();
+            let hash: Option<Vec<u8>> = conn
+                .query_row(
+                    "DELETE FROM api_keys WHERE api_key_id = ?1 AND inbox_id = ?2 RETURNING key_hash",
+                    params![api_key_id, inbox_id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            Ok(hash.and_then(|h| h.try_into().ok()))
+        })
+        .await
+    }
+
+    async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<AuthRecord>, StoreError> {
+        let hash = *hash;
+        self.run(move |db| {
+            let conn = db.reader();
+            let mut st = conn
+                .prepare_cached(
+                    "SELECT api_key_id, inbox_id, pod_id, key_hash FROM api_keys WHERE key_hash = ?1",
+                )
+                .map_err(unavailable)?;
+            st.query_row(params![&hash[..]], |r| {
+                let stored: Vec<u8> = r.get(3)?;
+                Ok(AuthRecord {
+                    api_key_id: r.get(0)?,
+                    inbox_id: r.get(1)?,
+                    pod_id: r.get(2)?,
+                    hash: stored.try_into().unwrap_or([0u8; 32]),
+                })
+            })
+            .optional()
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn record_usage(&self, marks: &[(String, i64)]) -> Result<(), StoreError> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let marks = marks.to_vec();
+        self.run(move |db| {
+            let mut conn = db.writer.lock();
+            let tx = conn.transaction().map_err(unavailable)?;
+            {
+                let mut st = tx
+                    .prepare_cached(
+                        "UPDATE api_keys SET used_at_us = ?2
+                         WHERE api_key_id = ?1 AND (used_at_us IS NULL OR used_at_us < ?2)",
+                    )
+                    .map_err(unavailable)?;
+                for (id, at) in &marks {
+                    st.execute(params![id, at]).map_err(unavailable)?;
+                }
+            }
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.run(|db| {
+            let conn = db.reader();
+            conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
+                .map_err(unavailable)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str, inbox: &str, at: i64, h: u8) -> NewKey {
+        NewKey {
+            record: KeyRecord {
+                api_key_id: id.into(),
+                inbox_id: inbox.into(),
+                pod_id: Some("pod_a".into()),
+                name: format!("n{id}"),
+                prefix: "agk_abc".into(),
+                created_at_us: at,
+                used_at_us: None,
+            },
+            hash: [h; 32],
+        }
+    }
+
+    #[tokio::test]
+    async fn create_list_delete_roundtrip() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("sub/g.db")).unwrap();
+        s.create_key(key("k1", "i", 10, 1)).await.unwrap();
+        s.create_key(key("k2", "i", 20, 2)).await.unwrap();
+        s.create_key(key("k3", "other", 30, 3)).await.unwrap();
+        let all = s.list_keys("i", None, 10).await.unwrap();
+        let ids: Vec<_> = all.iter().map(|k| k.api_key_id.as_str()).collect();
+        assert_eq!(ids, ["k2", "k1"]);
+        let after = Cursor {
+            created_at_us: 20,
+            api_key_id: "k2".into(),
+        };
+        let rest = s.list_keys("i", Some(&after), 10).await.unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].api_key_id, "k1");
+        assert_eq!(s.delete_key("other", "k1").await.unwrap(), None);
+        assert_eq!(s.delete_key("i", "k1").await.unwrap(), Some([1; 32]));
+        assert_eq!(s.delete_key("i", "k1").await.unwrap(), None);
+        assert!(s.find_by_hash(&[1; 32]).await.unwrap().is_none());
+        let found = s.find_by_hash(&[2; 32]).await.unwrap().unwrap();
+        assert_eq!(found.api_key_id, "k2");
+        assert_eq!(found.hash, [2; 32]);
+    }
+
+    #[tokio::test]
+    async fn usage_never_moves_backwards() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("g.db")).unwrap();
+        s.create_key(key("k1", "i", 10, 1)).await.unwrap();
+        s.record_usage(&[("k1".into(), 500)]).await.unwrap();
+        s.record_usage(&[("k1".into(), 400), ("gone".into(), 1)])
+            .await
+            .unwrap();
+        let k = &s.list_keys("i", None, 1).await.unwrap()[0];
+        assert_eq!(k.used_at_us, Some(500));
+    }
+
+    #[tokio::test]
+    async fn duplicate_hash_is_a_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("g.db")).unwrap();
+        s.create_key(key("k1", "i", 10, 1)).await.unwrap();
+        let e = s.create_key(key("k2", "i", 10, 1)).await.unwrap_err();
+        assert!(matches!(e, StoreError::Conflict(_)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn removed_file_is_unavailable_and_restored_file_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.db");
+        let s = SqliteStore::open(&path).unwrap();
+        s.create_key(key("k1", "i", 10, 1)).await.unwrap();
+        let aside = dir.path().join("aside.db");
+        std::fs::rename(&path, &aside).unwrap();
+        assert!(s.ping().await.is_err());
+        assert!(s.find_by_hash(&[1; 32]).await.is_err());
+        std::fs::rename(&aside, &path).unwrap();
+        s.ping().await.unwrap();
+        assert!(s.find_by_hash(&[1; 32]).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn data_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.db");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.create_key(key("k1", "i", 10, 1)).await.unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.list_keys("i", None, 10).await.unwrap().len(), 1);
+    }
+}
