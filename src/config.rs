@@ -399,7 +399,9 @@ impl Validator<'_> {
         let prefix = k.prefix.unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_owned());
         let ok = !prefix.is_empty()
             && prefix.len() <= MAX_KEY_PREFIX_LEN
-            && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
         if !ok {
             return Err(self.err(
                 "keys.prefix",
@@ -423,7 +425,10 @@ impl Validator<'_> {
             if !names.insert(t.name.clone()) {
                 return Err(self.err(
                     field("name"),
-                    format!("{:?} is used by another token; names must be unique", t.name),
+                    format!(
+                        "{:?} is used by another token; names must be unique",
+                        t.name
+                    ),
                 ));
             }
             let mut sha256 = [0u8; 32];
@@ -522,10 +527,9 @@ impl Validator<'_> {
                         ));
                     }
                     if map.insert(inbox.inbox_id.clone(), inbox.pod_id).is_some() {
-                        return Err(self.err(
-                            field,
-                            format!("{:?} is listed twice", inbox.inbox_id),
-                        ));
+                        return Err(
+                            self.err(field, format!("{:?} is listed twice", inbox.inbox_id))
+                        );
                     }
                 }
                 Ok(InboxDirectory::Static(map))

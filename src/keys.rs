@@ -116,7 +116,10 @@ pub fn random_id(kind: &str) -> String {
 
 /// A fresh management token (`agm_` + 256 random bits), for `new-token`.
 pub fn generate_management_token() -> String {
-    format!("agm_{}", Alphanumeric.sample_string(&mut OsRng, RANDOM_CHARS))
+    format!(
+        "agm_{}",
+        Alphanumeric.sample_string(&mut OsRng, RANDOM_CHARS)
+    )
 }
 
 #[cfg(test)]

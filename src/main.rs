@@ -9,7 +9,11 @@ use agentry_gateway::config::Config;
 use agentry_gateway::keys::{generate_management_token, hash_secret};
 
 #[derive(Parser)]
-#[command(name = "agentry-gateway", version, about = "API-key auth gateway on pingora")]
+#[command(
+    name = "agentry-gateway",
+    version,
+    about = "API-key auth gateway on pingora"
+)]
 struct Cli {
     /// Config file (TOML); running the gateway is the default command.
     #[arg(long, global = true)]

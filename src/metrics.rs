@@ -135,7 +135,10 @@ impl Metrics {
         };
 
         let requests = IntCounterVec::new(
-            Opts::new(name("requests_total"), "Requests answered, by kind, route and status class"),
+            Opts::new(
+                name("requests_total"),
+                "Requests answered, by kind, route and status class",
+            ),
             &["kind", "route", "status_class"],
         )
         .expect("valid metric");
@@ -183,13 +186,19 @@ impl Metrics {
         reg(Box::new(rejections_vec.clone()));
 
         let store_q = IntCounterVec::new(
-            Opts::new(name("store_queries_total"), "Store operations, by operation"),
+            Opts::new(
+                name("store_queries_total"),
+                "Store operations, by operation",
+            ),
             &["op"],
         )
         .expect("valid metric");
         reg(Box::new(store_q.clone()));
         let store_e = IntCounterVec::new(
-            Opts::new(name("store_errors_total"), "Failed store operations, by operation"),
+            Opts::new(
+                name("store_errors_total"),
+                "Failed store operations, by operation",
+            ),
             &["op"],
         )
         .expect("valid metric");
@@ -205,7 +214,10 @@ impl Metrics {
         .expect("valid metric");
         reg(Box::new(up_resp.clone()));
         let up_err = IntCounterVec::new(
-            Opts::new(name("upstream_errors_total"), "Upstream failures by upstream and reason"),
+            Opts::new(
+                name("upstream_errors_total"),
+                "Upstream failures by upstream and reason",
+            ),
             &["upstream", "reason"],
         )
         .expect("valid metric");
@@ -236,8 +248,13 @@ impl Metrics {
         .expect("valid metric");
         reg(Box::new(flush_failures.clone()));
         let flush_duration = Histogram::with_opts(
-            HistogramOpts::new(name("usage_flush_duration_seconds"), "Time to write one used_at flush")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+            HistogramOpts::new(
+                name("usage_flush_duration_seconds"),
+                "Time to write one used_at flush",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
         )
         .expect("valid metric");
         reg(Box::new(flush_duration.clone()));

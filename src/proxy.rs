@@ -283,19 +283,37 @@ impl Gateway {
             Ok(c) => c,
             Err(AuthFailure::Missing) => {
                 return self
-                    .reject(session, ctx, Rejection::MissingAuthorization, &ERR_MISSING_AUTH)
+                    .reject(
+                        session,
+                        ctx,
+                        Rejection::MissingAuthorization,
+                        &ERR_MISSING_AUTH,
+                    )
                     .await
             }
-            Err(f) => return self.reject(session, ctx, f.rejection(), &ERR_INVALID_KEY).await,
+            Err(f) => {
+                return self
+                    .reject(session, ctx, f.rejection(), &ERR_INVALID_KEY)
+                    .await
+            }
         };
         let identity = match self.verifier.verify(credential).await {
             Ok(id) => id,
             Err(AuthFailure::StoreUnavailable) => {
                 return self
-                    .reject(session, ctx, Rejection::StoreUnavailable, &ERR_AUTH_UNAVAILABLE)
+                    .reject(
+                        session,
+                        ctx,
+                        Rejection::StoreUnavailable,
+                        &ERR_AUTH_UNAVAILABLE,
+                    )
                     .await
             }
-            Err(f) => return self.reject(session, ctx, f.rejection(), &ERR_INVALID_KEY).await,
+            Err(f) => {
+                return self
+                    .reject(session, ctx, f.rejection(), &ERR_INVALID_KEY)
+                    .await
+            }
         };
         let Some((i, segment)) = self
             .routes
@@ -466,14 +484,14 @@ impl ProxyHttp for Gateway {
     ) -> FailToProxy {
         use ErrorType::*;
         let (err, reason) = match e.etype() {
-            t if *t == NO_HEALTHY_BACKEND => (Some(&ERR_NO_BACKEND), UpstreamError::NoHealthyBackend),
+            t if *t == NO_HEALTHY_BACKEND => {
+                (Some(&ERR_NO_BACKEND), UpstreamError::NoHealthyBackend)
+            }
             ConnectTimedout | ReadTimedout | WriteTimedout => {
                 (Some(&ERR_GATEWAY_TIMEOUT), UpstreamError::Timeout)
             }
             ConnectRefused => (Some(&ERR_BAD_GATEWAY), UpstreamError::Refused),
-            ConnectionClosed | ReadError | WriteError
-                if e.esource() == &ErrorSource::Upstream =>
-            {
+            ConnectionClosed | ReadError | WriteError if e.esource() == &ErrorSource::Upstream => {
                 (Some(&ERR_BAD_GATEWAY), UpstreamError::Reset)
             }
             _ => match e.esource() {
@@ -509,9 +527,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        let status = session
-            .response_written()
-            .map_or(0, |r| r.status.as_u16());
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.start.elapsed();
         match ctx.kind {
             Kind::Management(route) => {
@@ -555,10 +571,16 @@ mod tests {
             "x-agentry_inbox-id",
             "x-agentry-anything",
         ] {
-            assert!(is_identity_namespace(&HeaderName::from_bytes(n.as_bytes()).unwrap()), "{n}");
+            assert!(
+                is_identity_namespace(&HeaderName::from_bytes(n.as_bytes()).unwrap()),
+                "{n}"
+            );
         }
         for n in ["x-agentryinbox", "x-request-id", "agentry-inbox-id"] {
-            assert!(!is_identity_namespace(&HeaderName::from_bytes(n.as_bytes()).unwrap()), "{n}");
+            assert!(
+                !is_identity_namespace(&HeaderName::from_bytes(n.as_bytes()).unwrap()),
+                "{n}"
+            );
         }
     }
 

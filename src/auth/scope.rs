@@ -258,7 +258,10 @@ mod tests {
     fn template_matches_on_segment_boundaries() {
         let t = t();
         assert_eq!(t.match_path(b"/v0/inboxes/abc"), Some(&b"abc"[..]));
-        assert_eq!(t.match_path(b"/v0/inboxes/abc/messages/1"), Some(&b"abc"[..]));
+        assert_eq!(
+            t.match_path(b"/v0/inboxes/abc/messages/1"),
+            Some(&b"abc"[..])
+        );
         assert_eq!(t.match_path(b"/v0/inboxes"), None);
         assert_eq!(t.match_path(b"/v0/inboxesX/abc"), None);
         assert_eq!(t.match_path(b"/V0/inboxes/abc"), None);

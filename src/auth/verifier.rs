@@ -237,7 +237,10 @@ mod tests {
     fn headers(values: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for v in values {
-            h.append(http::header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+            h.append(
+                http::header::AUTHORIZATION,
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -245,9 +248,18 @@ mod tests {
     #[test]
     fn bearer_parsing() {
         assert_eq!(bearer_credential(&headers(&[])), Err(AuthFailure::Missing));
-        assert_eq!(bearer_credential(&headers(&["Bearer abc"])), Ok(&b"abc"[..]));
-        assert_eq!(bearer_credential(&headers(&["bEaReR abc"])), Ok(&b"abc"[..]));
-        assert_eq!(bearer_credential(&headers(&["Bearer   abc"])), Ok(&b"abc"[..]));
+        assert_eq!(
+            bearer_credential(&headers(&["Bearer abc"])),
+            Ok(&b"abc"[..])
+        );
+        assert_eq!(
+            bearer_credential(&headers(&["bEaReR abc"])),
+            Ok(&b"abc"[..])
+        );
+        assert_eq!(
+            bearer_credential(&headers(&["Bearer   abc"])),
+            Ok(&b"abc"[..])
+        );
         assert_eq!(
             bearer_credential(&headers(&["Bearer a", "Bearer b"])),
             Err(AuthFailure::Duplicate)

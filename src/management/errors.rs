@@ -97,9 +97,11 @@ impl ApiError {
     /// The JSON body. Internal causes are logged here and never sent.
     pub fn body(&self) -> Vec<u8> {
         let (name, code, message): (&str, &str, std::borrow::Cow<'_, str>) = match self {
-            ApiError::Validation { message, .. } => {
-                ("ValidationError", "validation_error", message.as_str().into())
-            }
+            ApiError::Validation { message, .. } => (
+                "ValidationError",
+                "validation_error",
+                message.as_str().into(),
+            ),
             ApiError::MissingAuthorization => (
                 "AuthenticationError",
                 "missing_authorization",

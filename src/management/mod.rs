@@ -265,7 +265,10 @@ impl ListQuery {
 /// Splits `a=1&b=2` into decoded pairs (`+` is a space, as in HTML forms).
 fn form_urlencoded(query: &[u8]) -> Vec<(String, String)> {
     let decode = |s: &[u8]| {
-        let plus: Vec<u8> = s.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
+        let plus: Vec<u8> = s
+            .iter()
+            .map(|&b| if b == b'+' { b' ' } else { b })
+            .collect();
         percent_encoding::percent_decode(&plus)
             .decode_utf8_lossy()
             .into_owned()
@@ -304,10 +307,9 @@ async fn read_create_body(session: &mut Session) -> Result<String, ApiError> {
     }
     let mut body: Vec<u8> = Vec::new();
     loop {
-        let chunk: Option<Bytes> = session
-            .read_request_body()
-            .await
-            .map_err(|e| ApiError::validation(&["body"], format!("could not read body: {:?}", e.etype())))?;
+        let chunk: Option<Bytes> = session.read_request_body().await.map_err(|e| {
+            ApiError::validation(&["body"], format!("could not read body: {:?}", e.etype()))
+        })?;
         let Some(chunk) = chunk else { break };
         if body.len() + chunk.len() > MAX_BODY_BYTES {
             return Err(ApiError::PayloadTooLarge {
@@ -321,11 +323,13 @@ async fn read_create_body(session: &mut Session) -> Result<String, ApiError> {
 
 /// Validates a create body; errors name the field.
 pub fn parse_create_body(body: &[u8]) -> Result<String, ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::validation(&["body"], format!("body is not valid JSON: {e}"))
-    })?;
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::validation(&["body"], format!("body is not valid JSON: {e}")))?;
     let serde_json::Value::Object(map) = value else {
-        return Err(ApiError::validation(&["body"], "body must be a JSON object"));
+        return Err(ApiError::validation(
+            &["body"],
+            "body must be a JSON object",
+        ));
     };
     let mut errors = Vec::new();
     for k in map.keys().filter(|k| k.as_str() != "name") {
@@ -336,7 +340,10 @@ pub fn parse_create_body(body: &[u8]) -> Result<String, ApiError> {
     }
     let name = match map.get("name") {
         None => {
-            errors.push(errors::FieldError::new(&["body", "name"], "name is required"));
+            errors.push(errors::FieldError::new(
+                &["body", "name"],
+                "name is required",
+            ));
             None
         }
         Some(serde_json::Value::String(s)) => {
@@ -358,7 +365,10 @@ pub fn parse_create_body(body: &[u8]) -> Result<String, ApiError> {
             }
         }
         Some(_) => {
-            errors.push(errors::FieldError::new(&["body", "name"], "name must be a string"));
+            errors.push(errors::FieldError::new(
+                &["body", "name"],
+                "name must be a string",
+            ));
             None
         }
     };

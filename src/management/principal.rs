@@ -98,7 +98,11 @@ mod tests {
             vec![
                 token("all", "t-all", TokenScope::All),
                 token("pod", "t-pod", TokenScope::Pods(["pod_a".into()].into())),
-                token("inbox", "t-inbox", TokenScope::Inboxes(["b@x".into()].into())),
+                token(
+                    "inbox",
+                    "t-inbox",
+                    TokenScope::Inboxes(["b@x".into()].into()),
+                ),
             ],
             InboxDirectory::Static(dir),
         )
@@ -115,7 +119,10 @@ mod tests {
         let p = principals();
         assert_eq!(auth(&p, "Bearer t-pod").unwrap().token.name, "pod");
         assert_eq!(auth(&p, "bearer t-all").unwrap().token.name, "all");
-        assert!(matches!(auth(&p, "Bearer nope"), Err(ApiError::InvalidToken)));
+        assert!(matches!(
+            auth(&p, "Bearer nope"),
+            Err(ApiError::InvalidToken)
+        ));
         assert!(matches!(
             p.authenticate(&http::HeaderMap::new()),
             Err(ApiError::MissingAuthorization)

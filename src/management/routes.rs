@@ -11,9 +11,16 @@ pub const MAX_INBOX_ID_CHARS: usize = 254;
 /// A recognised management endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
-    ListApiKeys { inbox_id: String },
-    CreateApiKey { inbox_id: String },
-    DeleteApiKey { inbox_id: String, api_key_id: String },
+    ListApiKeys {
+        inbox_id: String,
+    },
+    CreateApiKey {
+        inbox_id: String,
+    },
+    DeleteApiKey {
+        inbox_id: String,
+        api_key_id: String,
+    },
 }
 
 impl Endpoint {
@@ -68,7 +75,9 @@ fn inbox_error(message: impl Into<String>) -> ApiError {
 /// Decodes and validates the `{inbox_id}` segment.
 fn inbox_id(raw: &[u8]) -> Result<String, ApiError> {
     if raw.iter().any(|&b| b <= b' ' || b == 0x7f || b == b'\\') {
-        return Err(inbox_error("inbox_id contains characters that are not allowed"));
+        return Err(inbox_error(
+            "inbox_id contains characters that are not allowed",
+        ));
     }
     let mut i = 0;
     while i < raw.len() {
@@ -92,7 +101,8 @@ fn inbox_id(raw: &[u8]) -> Result<String, ApiError> {
 
 /// Maps method and raw target (path + query) to an endpoint, or the error to answer.
 pub fn route(method: &Method, path: &[u8], query: &[u8]) -> Result<Endpoint, ApiError> {
-    validate_query(query).map_err(|e: TargetError| ApiError::validation(&["query"], e.message()))?;
+    validate_query(query)
+        .map_err(|e: TargetError| ApiError::validation(&["query"], e.message()))?;
     let segs: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
     let head = segs.get(1..4);
     if head != Some(&[&b"human"[..], b"v0", b"inboxes"][..]) {
@@ -171,7 +181,9 @@ mod tests {
     fn unknown_paths_and_methods() {
         assert_eq!(r(Method::GET, "/human/v0/nope").unwrap_err().status(), 404);
         assert_eq!(
-            r(Method::GET, "/human/v0/inboxes/x/api-keys/").unwrap_err().status(),
+            r(Method::GET, "/human/v0/inboxes/x/api-keys/")
+                .unwrap_err()
+                .status(),
             404
         );
         assert!(matches!(
