@@ -507,6 +507,10 @@ fn metrics_health_and_readiness() {
     let g = Gateway::start("");
     g.create_key(SUPPORT, "m");
     g.mgmt("GET", &keys_path("ghost"), ADMIN_TOKEN, None);
+    // Counted in pingora's logging phase, just after the response is sent.
+    wait_until("both requests counted", Duration::from_secs(5), || {
+        g.metric("agentry_gateway_request_duration_seconds_count{kind=\"management\"}") == 2.0
+    });
     let text = g.metrics();
     assert_eq!(
         metric_value(

@@ -245,12 +245,15 @@ listen = "127.0.0.1:{mport}"
 kind = "sqlite"
 path = "{dir}/gateway.db"
 
-[usage]
-flush_interval_ms = 200
-
+{usage}
 {body}
 "#,
-            dir = dir.path().display()
+            dir = dir.path().display(),
+            usage = if body.contains("[usage]") {
+                ""
+            } else {
+                "[usage]\nflush_interval_ms = 200\n"
+            }
         );
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, config).unwrap();
@@ -612,13 +615,17 @@ fn serve(conn: TcpStream, received: Arc<Mutex<Vec<Received>>>, mode: Mode) {
         received.lock().unwrap().push(rec.clone());
         match mode {
             Mode::Echo => {}
-            Mode::Reset => return,
+            Mode::Reset => {
+                let _ = w.shutdown(Shutdown::Both);
+                return;
+            }
             Mode::Hang => {
                 std::thread::sleep(Duration::from_secs(60));
                 return;
             }
             Mode::Garbage => {
                 let _ = w.write_all(b"this is not http\r\n\r\n");
+                let _ = w.shutdown(Shutdown::Both);
                 return;
             }
         }
