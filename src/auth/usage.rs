@@ -144,3 +144,93 @@ impl BackgroundService for UsageFlusher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::auth::Verifier;
+    use crate::config::CacheConfig;
+    use crate::keys::KeyFormat;
+    use crate::store::memory::MemoryStore;
+    use crate::store::NewKey;
+
+    async fn identity(store: &Arc<MemoryStore>, id: &str) -> Arc<ApiKeyIdentity> {
+        let format = KeyFormat::new("agk");
+        let m = format.generate();
+        store
+            .create_key(NewKey {
+                record: KeyRecord {
+                    api_key_id: id.into(),
+                    inbox_id: "i".into(),
+                    pod_id: None,
+                    name: "n".into(),
+                    prefix: "p".into(),
+                    created_at_us: 1,
+                    used_at_us: None,
+                },
+                hash: m.hash,
+            })
+            .await
+            .unwrap();
+        let v = Verifier::new(
+            format,
+            &CacheConfig {
+                max_entries: 10,
+                ttl: Duration::from_secs(60),
+                negative_max_entries: 10,
+                negative_ttl: Duration::from_secs(60),
+            },
+            store.clone(),
+            Arc::new(Metrics::new(&[], &[])),
+        );
+        v.verify(m.plaintext.as_bytes()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn many_touches_one_write_forward_only() {
+        let store = Arc::new(MemoryStore::default());
+        let a = identity(&store, "a").await;
+        let b = identity(&store, "b").await;
+        let rec = UsageRecorder::new(store.clone(), Arc::new(Metrics::new(&[], &[])));
+        for t in 0..10_000 {
+            rec.touch(&a, 1000 + t);
+            rec.touch(&b, 500);
+        }
+        rec.touch(&a, 5); // older than what is already marked: ignored
+        assert_eq!(rec.pending_count(), 2);
+        assert_eq!(rec.flush().await.unwrap(), 2);
+        assert_eq!(store.usage_writes.load(Ordering::SeqCst), 1);
+        assert_eq!(store.used_at("a"), Some(10_999));
+        assert_eq!(store.used_at("b"), Some(500));
+        assert_eq!(rec.flush().await.unwrap(), 0);
+        assert_eq!(store.usage_writes.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn failed_flush_keeps_marks_and_retries() {
+        let store = Arc::new(MemoryStore::default());
+        let a = identity(&store, "a").await;
+        let rec = UsageRecorder::new(store.clone(), Arc::new(Metrics::new(&[], &[])));
+        rec.touch(&a, 42);
+        store.failing.store(true, Ordering::SeqCst);
+        assert!(rec.flush().await.is_err());
+        assert_eq!(rec.pending_count(), 1);
+        // Still shown to the list API while pending.
+        let mut rows = vec![KeyRecord {
+            api_key_id: "a".into(),
+            inbox_id: "i".into(),
+            pod_id: None,
+            name: "n".into(),
+            prefix: "p".into(),
+            created_at_us: 1,
+            used_at_us: None,
+        }];
+        rec.overlay(&mut rows);
+        assert_eq!(rows[0].used_at_us, Some(42));
+        store.failing.store(false, Ordering::SeqCst);
+        assert_eq!(rec.flush().await.unwrap(), 1);
+        assert_eq!(store.used_at("a"), Some(42));
+    }
+}

@@ -273,3 +273,130 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod pipeline_tests {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::memory::MemoryStore;
+    use crate::store::{KeyRecord, NewKey};
+
+    fn cache() -> CacheConfig {
+        CacheConfig {
+            max_entries: 1000,
+            ttl: Duration::from_secs(60),
+            negative_max_entries: 1000,
+            negative_ttl: Duration::from_secs(60),
+        }
+    }
+
+    async fn setup() -> (Arc<MemoryStore>, Verifier, String) {
+        let store = Arc::new(MemoryStore::default());
+        let format = KeyFormat::new("agk");
+        let m = format.generate();
+        store
+            .create_key(NewKey {
+                record: KeyRecord {
+                    api_key_id: "key_1".into(),
+                    inbox_id: "i@x".into(),
+                    pod_id: None,
+                    name: "n".into(),
+                    prefix: m.display_prefix.clone(),
+                    created_at_us: 1,
+                    used_at_us: None,
+                },
+                hash: m.hash,
+            })
+            .await
+            .unwrap();
+        let v = Verifier::new(
+            format,
+            &cache(),
+            store.clone(),
+            Arc::new(Metrics::new(&[], &[])),
+        );
+        (store, v, m.plaintext)
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_for_one_key_make_one_query() {
+        let (store, v, key) = setup().await;
+        *store.lookup_delay.lock() = Some(Duration::from_millis(50));
+        let v = Arc::new(v);
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let v = v.clone();
+                let key = key.clone();
+                tokio::spawn(async move { v.verify(key.as_bytes()).await.is_ok() })
+            })
+            .collect();
+        for t in tasks {
+            assert!(t.await.unwrap());
+        }
+        assert_eq!(store.lookups.load(Ordering::SeqCst), 1);
+        // Unknown keys: coalesced too, then remembered.
+        let unknown = KeyFormat::new("agk").generate().plaintext;
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let v = v.clone();
+                let k = unknown.clone();
+                tokio::spawn(async move { v.verify(k.as_bytes()).await })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().err(), Some(AuthFailure::Unknown));
+        }
+        assert_eq!(
+            v.verify(unknown.as_bytes()).await.err(),
+            Some(AuthFailure::Unknown)
+        );
+        assert_eq!(store.lookups.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn garbage_never_reaches_the_store() {
+        let (store, v, key) = setup().await;
+        let mut bad = key.clone().into_bytes();
+        bad[10] = if bad[10] == b'a' { b'b' } else { b'a' };
+        assert_eq!(v.verify(&bad).await.err(), Some(AuthFailure::Checksum));
+        assert_eq!(v.verify(b"agk_x").await.err(), Some(AuthFailure::Malformed));
+        assert_eq!(
+            v.verify(&vec![b'a'; 1 << 20]).await.err(),
+            Some(AuthFailure::Malformed)
+        );
+        assert_eq!(store.lookups.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn store_outage_keeps_cached_keys_and_does_not_cache_unknown() {
+        let (store, v, key) = setup().await;
+        assert!(v.verify(key.as_bytes()).await.is_ok());
+        store.failing.store(true, Ordering::SeqCst);
+        assert!(v.verify(key.as_bytes()).await.is_ok());
+        // An uncached key: the outage is reported, and not remembered as "unknown".
+        let other = KeyFormat::new("agk").generate().plaintext;
+        assert_eq!(
+            v.verify(other.as_bytes()).await.err(),
+            Some(AuthFailure::StoreUnavailable)
+        );
+        store.failing.store(false, Ordering::SeqCst);
+        assert_eq!(
+            v.verify(other.as_bytes()).await.err(),
+            Some(AuthFailure::Unknown)
+        );
+    }
+
+    #[tokio::test]
+    async fn revoked_keys_stop_at_once() {
+        let (store, v, key) = setup().await;
+        let id = v.verify(key.as_bytes()).await.unwrap();
+        store.delete_key("i@x", "key_1").await.unwrap();
+        v.revoke(&id.hash).await;
+        assert_eq!(
+            v.verify(key.as_bytes()).await.err(),
+            Some(AuthFailure::Unknown)
+        );
+    }
+}

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use crate::keys::KeyHash;
 
 pub mod cursor;
+pub mod memory;
 pub mod metered;
 pub mod sqlite;
 

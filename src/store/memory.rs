@@ -1,0 +1,127 @@
+//! An in-memory `Store` for unit tests and benchmarks: counts queries, can be made to fail.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+
+use super::{AuthRecord, Cursor, KeyRecord, NewKey, Store, StoreError};
+use crate::keys::KeyHash;
+
+#[derive(Default)]
+pub struct MemoryStore {
+    keys: Mutex<Vec<NewKey>>,
+    /// Every `find_by_hash` call.
+    pub lookups: AtomicUsize,
+    /// Every `record_usage` call.
+    pub usage_writes: AtomicUsize,
+    /// When set, every call fails as if the store were unreachable.
+    pub failing: AtomicBool,
+    /// Delay of each lookup, to let concurrent misses pile up.
+    pub lookup_delay: Mutex<Option<Duration>>,
+}
+
+impl MemoryStore {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            Err(StoreError::Unavailable("memory store set to fail".into()))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The stored `used_at` of a key.
+    pub fn used_at(&self, api_key_id: &str) -> Option<i64> {
+        self.keys
+            .lock()
+            .iter()
+            .find(|k| k.record.api_key_id == api_key_id)
+            .and_then(|k| k.record.used_at_us)
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn create_key(&self, key: NewKey) -> Result<(), StoreError> {
+        self.check()?;
+        self.keys.lock().push(key);
+        Ok(())
+    }
+
+    async fn list_keys(
+        &self,
+        inbox_id: &str,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        self.check()?;
+        let mut v: Vec<KeyRecord> = self
+            .keys
+            .lock()
+            .iter()
+            .filter(|k| k.record.inbox_id == inbox_id)
+            .map(|k| k.record.clone())
+            .filter(|r| {
+                after.is_none_or(|c| {
+                    (r.created_at_us, r.api_key_id.as_str())
+                        < (c.created_at_us, c.api_key_id.as_str())
+                })
+            })
+            .collect();
+        v.sort_by(|a, b| (b.created_at_us, &b.api_key_id).cmp(&(a.created_at_us, &a.api_key_id)));
+        v.truncate(limit);
+        Ok(v)
+    }
+
+    async fn delete_key(
+        &self,
+        inbox_id: &str,
+        api_key_id: &str,
+    ) -> Result<Option<KeyHash>, StoreError> {
+        self.check()?;
+        let mut keys = self.keys.lock();
+        let pos = keys
+            .iter()
+            .position(|k| k.record.inbox_id == inbox_id && k.record.api_key_id == api_key_id);
+        Ok(pos.map(|i| keys.remove(i).hash))
+    }
+
+    async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<AuthRecord>, StoreError> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        let delay = *self.lookup_delay.lock();
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+        self.check()?;
+        Ok(self
+            .keys
+            .lock()
+            .iter()
+            .find(|k| &k.hash == hash)
+            .map(|k| AuthRecord {
+                api_key_id: k.record.api_key_id.clone(),
+                inbox_id: k.record.inbox_id.clone(),
+                pod_id: k.record.pod_id.clone(),
+                hash: k.hash,
+            }))
+    }
+
+    async fn record_usage(&self, marks: &[(String, i64)]) -> Result<(), StoreError> {
+        self.usage_writes.fetch_add(1, Ordering::SeqCst);
+        self.check()?;
+        let mut keys = self.keys.lock();
+        for (id, at) in marks {
+            if let Some(k) = keys.iter_mut().find(|k| &k.record.api_key_id == id) {
+                if k.record.used_at_us.is_none_or(|u| u < *at) {
+                    k.record.used_at_us = Some(*at);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.check()
+    }
+}
