@@ -23,6 +23,10 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1000;
 pub const DEFAULT_READ_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_HEALTH_CHECK_INTERVAL_SECS: u64 = 5;
 pub const MAX_KEY_PREFIX_LEN: usize = 16;
+pub const DEFAULT_FAILED_AUTH_PER_IP: u32 = 100;
+pub const DEFAULT_FAILED_AUTH_WINDOW_SECS: u64 = 10;
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 /// SHA-256 of `agm_quickstart_change_me`, the token of the shipped example config. The
 /// gateway warns at start-up while it is configured.
 pub const QUICKSTART_TOKEN_SHA256: &str =
@@ -67,6 +71,8 @@ struct FileConfig {
     #[serde(default)]
     logging: FileLogging,
     #[serde(default)]
+    limits: FileLimits,
+    #[serde(default)]
     upstreams: Vec<FileUpstream>,
     #[serde(default)]
     routes: Vec<FileRoute>,
@@ -82,6 +88,17 @@ struct FileServer {
     upstream_keepalive_pool_size: Option<usize>,
     pid_file: Option<String>,
     upgrade_sock: Option<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    failed_auth_per_ip: Option<u32>,
+    failed_auth_window_seconds: Option<u64>,
+    max_headers: Option<usize>,
+    max_header_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -195,8 +212,19 @@ pub struct Config {
     pub cache: CacheConfig,
     pub usage_flush_interval: Duration,
     pub access_log: bool,
+    pub limits: LimitsConfig,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+}
+
+/// Abuse limits.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Failed authentications per client IP per window before 429 (0: no limit).
+    pub failed_auth_per_ip: u32,
+    pub failed_auth_window: Duration,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -208,6 +236,7 @@ pub struct ServerConfig {
     pub upstream_keepalive_pool_size: usize,
     pub pid_file: Option<String>,
     pub upgrade_sock: Option<String>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone)]
@@ -335,6 +364,7 @@ impl Validator<'_> {
             .flush_interval_ms
             .unwrap_or(DEFAULT_USAGE_FLUSH_INTERVAL_MS);
         self.positive("usage.flush_interval_ms", flush_ms)?;
+        let limits = self.limits(file.limits)?;
         let upstreams = self.upstreams(file.upstreams)?;
         let routes = self.routes(file.routes, &upstreams)?;
         Ok(Config {
@@ -347,6 +377,7 @@ impl Validator<'_> {
             cache,
             usage_flush_interval: Duration::from_millis(flush_ms),
             access_log: file.logging.access_log.unwrap_or(true),
+            limits,
             upstreams,
             routes,
         })
@@ -357,6 +388,19 @@ impl Validator<'_> {
         let threads = s.threads.unwrap_or(DEFAULT_THREADS);
         if threads == 0 || threads > 1024 {
             return Err(self.err("server.threads", "must be between 1 and 1024"));
+        }
+        let mut trusted_proxies = Vec::with_capacity(s.trusted_proxies.len());
+        for (i, t) in s.trusted_proxies.iter().enumerate() {
+            let net = t
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    self.err(
+                        format!("server.trusted_proxies[{i}]"),
+                        format!("{t:?} is not an IP address or CIDR range (e.g. \"10.0.0.0/8\")"),
+                    )
+                })?;
+            trusted_proxies.push(net);
         }
         let pool = s
             .upstream_keepalive_pool_size
@@ -374,6 +418,7 @@ impl Validator<'_> {
             upstream_keepalive_pool_size: pool,
             pid_file: s.pid_file,
             upgrade_sock: s.upgrade_sock,
+            trusted_proxies,
         })
     }
 
@@ -393,6 +438,34 @@ impl Validator<'_> {
                 format!("{other:?} is not a supported store (supported: \"sqlite\")"),
             )),
         }
+    }
+
+    fn limits(&self, l: FileLimits) -> Result<LimitsConfig, ConfigError> {
+        let window = self.positive(
+            "limits.failed_auth_window_seconds",
+            l.failed_auth_window_seconds
+                .unwrap_or(DEFAULT_FAILED_AUTH_WINDOW_SECS),
+        )?;
+        let max_headers = l.max_headers.unwrap_or(DEFAULT_MAX_HEADERS);
+        if !(1..=256).contains(&max_headers) {
+            return Err(self.err(
+                "limits.max_headers",
+                "must be between 1 and 256 (pingora's own ceiling)",
+            ));
+        }
+        let max_header_bytes = l.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES);
+        if !(1024..=1_048_575).contains(&max_header_bytes) {
+            return Err(self.err(
+                "limits.max_header_bytes",
+                "must be between 1024 and 1048575 bytes",
+            ));
+        }
+        Ok(LimitsConfig {
+            failed_auth_per_ip: l.failed_auth_per_ip.unwrap_or(DEFAULT_FAILED_AUTH_PER_IP),
+            failed_auth_window: Duration::from_secs(window),
+            max_headers,
+            max_header_bytes,
+        })
     }
 
     fn key_prefix(&self, k: FileKeys) -> Result<String, ConfigError> {

@@ -3,8 +3,10 @@
 pub mod access_log;
 pub mod admin;
 pub mod auth;
+pub mod client_ip;
 pub mod clock;
 pub mod config;
+pub mod guard;
 pub mod keys;
 pub mod management;
 pub mod metrics;
@@ -134,6 +136,15 @@ pub fn build(config: Config) -> Result<Built, StartError> {
             .access_log
             .then(|| access_log::AccessLog::start(metrics.clone())),
         request_ids: RequestIds::default(),
+        header_limits: guard::HeaderLimits {
+            max_headers: config.limits.max_headers,
+            max_header_bytes: config.limits.max_header_bytes,
+        },
+        limiter: auth::limiter::FailureLimiter::new(
+            config.limits.failed_auth_per_ip,
+            config.limits.failed_auth_window,
+        ),
+        trusted_proxies: client_ip::TrustedProxies::new(config.server.trusted_proxies.clone()),
     };
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,

@@ -33,8 +33,12 @@ pub enum Rejection {
     NoRoute = 6,
     StoreUnavailable = 7,
     DuplicateAuthorization = 8,
+    AmbiguousFraming = 9,
+    HeadersTooLarge = 10,
+    RateLimited = 11,
+    UpgradeRefused = 12,
 }
-const REJECTIONS: [&str; 9] = [
+const REJECTIONS: [&str; 13] = [
     "bad_request_target",
     "missing_authorization",
     "malformed_key",
@@ -44,6 +48,10 @@ const REJECTIONS: [&str; 9] = [
     "no_route",
     "store_unavailable",
     "duplicate_authorization",
+    "ambiguous_framing",
+    "headers_too_large",
+    "rate_limited",
+    "upgrade_refused",
 ];
 
 /// Store operations, as metric label values.

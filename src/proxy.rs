@@ -14,12 +14,15 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::access_log::{AccessLog, AccessRecord};
+use crate::auth::limiter::FailureLimiter;
 use crate::auth::scope::{segment_equals, split_target, validate_path, validate_query};
 use crate::auth::usage::UsageRecorder;
-use crate::auth::verifier::{bearer_credential, AuthFailure};
+use crate::auth::verifier::{bearer_credential, AuthFailure, Cached};
 use crate::auth::{ApiKeyIdentity, Verifier};
+use crate::client_ip::TrustedProxies;
 use crate::clock::now_us;
 use crate::config::RouteConfig;
+use crate::guard::{self, HeaderLimits};
 use crate::management::{routes::is_management_path, ApiResponse, Management};
 use crate::metrics::{ManagementRoute, Metrics, Rejection, UpstreamError};
 use crate::upstream::Upstream;
@@ -49,6 +52,9 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     pub access_log: Option<AccessLog>,
     pub request_ids: RequestIds,
+    pub header_limits: HeaderLimits,
+    pub limiter: FailureLimiter,
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// What kind of request this is, once known.
@@ -68,6 +74,7 @@ pub struct RequestCtx {
     identity: Option<Arc<ApiKeyIdentity>>,
     request_id: Option<HeaderValue>,
     connect_retries: u8,
+    retry_after: Option<u64>,
 }
 
 /// Request ids: kept from the client when well-formed, otherwise generated.
@@ -157,6 +164,11 @@ const ERR_BAD_REQUEST: ProxyError = ProxyError {
     body: r#"{"name":"BadRequestError","code":"bad_request","message":"the request could not be processed"}"#,
     www_authenticate: false,
 };
+const ERR_RATE_LIMITED: ProxyError = ProxyError {
+    status: 429,
+    body: r#"{"name":"RateLimitError","code":"too_many_failed_authentications","message":"too many failed authentications from this client; retry later"}"#,
+    www_authenticate: false,
+};
 const ERR_INTERNAL: ProxyError = ProxyError {
     status: 500,
     body: r#"{"name":"InternalError","code":"internal_error","message":"internal error"}"#,
@@ -212,6 +224,9 @@ impl Gateway {
         if let Some(allow) = allow {
             h.insert_header(header::ALLOW, allow)?;
         }
+        if let Some(secs) = ctx.retry_after {
+            h.insert_header(header::RETRY_AFTER, secs)?;
+        }
         match body {
             Some(body) => {
                 h.insert_header(header::CONTENT_TYPE, APPLICATION_JSON)?;
@@ -230,7 +245,7 @@ impl Gateway {
     async fn reject(
         &self,
         session: &mut Session,
-        ctx: &RequestCtx,
+        ctx: &mut RequestCtx,
         reason: Rejection,
         e: &ProxyError,
     ) -> Result<bool> {
@@ -238,6 +253,9 @@ impl Gateway {
         if has_body(session.req_header()) {
             // Never leave an unread body behind on a refused request: close instead.
             session.set_keepalive(None);
+        }
+        if e.status == 429 {
+            ctx.retry_after = Some(self.limiter.retry_after_secs());
         }
         self.write_json(
             session,
@@ -249,6 +267,53 @@ impl Gateway {
         )
         .await?;
         Ok(true)
+    }
+
+    /// The client's address, honouring `X-Forwarded-For` only from trusted proxies.
+    fn client_ip(&self, session: &Session) -> Option<std::net::IpAddr> {
+        let peer = match session.client_addr() {
+            Some(PingoraAddr::Inet(a)) => a.ip(),
+            _ => return None,
+        };
+        Some(self.trusted_proxies.client_ip(
+            peer,
+            session.req_header().headers.get_all(H_FORWARDED_FOR).iter(),
+        ))
+    }
+
+    /// A failed authentication: 429 once the client has failed too often, else `e`.
+    async fn auth_failed(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        reason: Rejection,
+        e: &ProxyError,
+    ) -> Result<bool> {
+        if let Some(ip) = self.client_ip(session) {
+            if self.limiter.is_blocked(&ip) {
+                return self
+                    .reject(session, ctx, Rejection::RateLimited, &ERR_RATE_LIMITED)
+                    .await;
+            }
+            self.limiter.record_failure(&ip);
+        }
+        self.reject(session, ctx, reason, e).await
+    }
+
+    fn guard(&self, session: &Session) -> std::result::Result<(), guard::Refusal> {
+        let req = session.req_header();
+        // The raw head is only needed to see a Content-Length beside Transfer-Encoding.
+        let raw = req
+            .headers
+            .contains_key(header::TRANSFER_ENCODING)
+            .then(|| session.as_http1().map(|h1| h1.get_headers_raw_bytes()))
+            .flatten();
+        guard::check(
+            req.version,
+            &req.headers,
+            raw.as_deref(),
+            self.header_limits,
+        )
     }
 
     async fn respond_management(
@@ -297,7 +362,23 @@ impl Gateway {
                     .await
             }
         };
-        let identity = match self.verifier.verify(credential).await {
+        let identity = match self.verifier.check_cached(credential).await {
+            Ok(Cached::Hit(id)) => Ok(id),
+            Ok(Cached::Miss(hash)) => {
+                // Only misses reach the store: refuse them from clients that keep failing.
+                let blocked = self
+                    .client_ip(session)
+                    .is_some_and(|ip| self.limiter.is_blocked(&ip));
+                if blocked {
+                    return self
+                        .reject(session, ctx, Rejection::RateLimited, &ERR_RATE_LIMITED)
+                        .await;
+                }
+                self.verifier.load(hash).await
+            }
+            Err(f) => Err(f),
+        };
+        let identity = match identity {
             Ok(id) => id,
             Err(AuthFailure::StoreUnavailable) => {
                 return self
@@ -311,7 +392,7 @@ impl Gateway {
             }
             Err(f) => {
                 return self
-                    .reject(session, ctx, f.rejection(), &ERR_INVALID_KEY)
+                    .auth_failed(session, ctx, f.rejection(), &ERR_INVALID_KEY)
                     .await
             }
         };
@@ -351,6 +432,7 @@ impl ProxyHttp for Gateway {
             identity: None,
             request_id: None,
             connect_retries: 0,
+            retry_after: None,
         }
     }
 
@@ -360,6 +442,38 @@ impl ProxyHttp for Gateway {
             self.request_ids
                 .pick(session.req_header().headers.get(H_REQUEST_ID)),
         );
+        if let Err(refusal) = self.guard(session) {
+            ctx.kind = Kind::Proxy;
+            let reason = match refusal.status {
+                431 => Rejection::HeadersTooLarge,
+                _ if refusal.code == "upgrade_not_supported" => Rejection::UpgradeRefused,
+                _ => Rejection::AmbiguousFraming,
+            };
+            self.metrics.reject(reason);
+            // Whatever follows an ambiguous head cannot be trusted: close the connection.
+            session.set_keepalive(None);
+            let name = if refusal.status == 431 {
+                "RequestHeaderFieldsTooLargeError"
+            } else {
+                "BadRequestError"
+            };
+            let body = serde_json::to_vec(&serde_json::json!({
+                "name": name,
+                "code": refusal.code,
+                "message": refusal.message,
+            }))
+            .unwrap_or_default();
+            self.write_json(
+                session,
+                ctx,
+                refusal.status,
+                Some(Bytes::from(body)),
+                false,
+                None,
+            )
+            .await?;
+            return Ok(true);
+        }
         let raw = session.req_header().raw_path().to_vec();
         let (path, query) = match split_target(&raw) {
             Ok(pq) => pq,
@@ -374,7 +488,19 @@ impl ProxyHttp for Gateway {
             }
         };
         if is_management_path(path) {
+            let ip = self.client_ip(session);
+            if ip.is_some_and(|ip| self.limiter.is_blocked(&ip)) {
+                ctx.kind = Kind::Management(ManagementRoute::Other);
+                return self
+                    .reject(session, ctx, Rejection::RateLimited, &ERR_RATE_LIMITED)
+                    .await;
+            }
             let r = self.management.handle(session, path, query).await;
+            if r.status == 401 {
+                if let Some(ip) = ip {
+                    self.limiter.record_failure(&ip);
+                }
+            }
             return self.respond_management(session, ctx, r).await;
         }
         ctx.kind = Kind::Proxy;
@@ -450,7 +576,10 @@ impl ProxyHttp for Gateway {
             req.insert_header(H_POD_ID, pod.clone())?;
         }
         if let Some(PingoraAddr::Inet(addr)) = session.client_addr() {
-            req.insert_header(H_FORWARDED_FOR, addr.ip().to_string())?;
+            let xff = self
+                .trusted_proxies
+                .forwarded_for(addr.ip(), req.headers.get_all(H_FORWARDED_FOR).iter());
+            req.insert_header(H_FORWARDED_FOR, xff)?;
         } else {
             req.remove_header(&H_FORWARDED_FOR);
         }

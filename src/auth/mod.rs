@@ -1,5 +1,6 @@
 //! Proxy-path authentication: the verifier (key → identity, cached), scope checks, usage marks.
 
+pub mod limiter;
 pub mod scope;
 pub mod usage;
 pub mod verifier;

@@ -100,6 +100,13 @@ pub fn bearer_credential(headers: &HeaderMap) -> Result<&[u8], AuthFailure> {
     Ok(cred)
 }
 
+/// The outcome of the cache path.
+pub enum Cached {
+    Hit(Arc<ApiKeyIdentity>),
+    /// Not cached either way: the store must be asked about this hash.
+    Miss(KeyHash),
+}
+
 #[derive(Debug)]
 enum Lookup {
     NotFound,
@@ -143,8 +150,16 @@ impl Verifier {
         }
     }
 
-    /// Verifies a presented key.
+    /// Verifies a presented key: the cache path, then the store on a miss.
     pub async fn verify(&self, key: &[u8]) -> Result<Arc<ApiKeyIdentity>, AuthFailure> {
+        match self.check_cached(key).await? {
+            Cached::Hit(id) => Ok(id),
+            Cached::Miss(hash) => self.load(hash).await,
+        }
+    }
+
+    /// Format check, hash, positive and negative cache: everything but the store.
+    pub async fn check_cached(&self, key: &[u8]) -> Result<Cached, AuthFailure> {
         self.format.check(key).map_err(|e| match e {
             KeyFormatError::Malformed => AuthFailure::Malformed,
             KeyFormatError::Checksum => AuthFailure::Checksum,
@@ -152,13 +167,18 @@ impl Verifier {
         let hash = hash_secret(key);
         if let Some(id) = self.positive.get(&hash).await {
             self.metrics.auth_cache_hits.inc();
-            return self.confirm(id, &hash);
+            return self.confirm(id, &hash).map(Cached::Hit);
         }
         if self.negative.contains_key(&hash) {
             self.metrics.auth_cache_negative_hits.inc();
             return Err(AuthFailure::Unknown);
         }
         self.metrics.auth_cache_misses.inc();
+        Ok(Cached::Miss(hash))
+    }
+
+    /// Looks a key hash up in the store (coalesced with concurrent lookups of the same hash).
+    pub async fn load(&self, hash: KeyHash) -> Result<Arc<ApiKeyIdentity>, AuthFailure> {
         let store = self.store.clone();
         let loaded = self
             .positive

@@ -1,0 +1,162 @@
+//! Request framing and size checks, applied to every request before routing or authentication.
+//!
+//! Pingora accepts some framings that proxies in front of or behind us may read differently
+//! (pingora #945: Content-Length beside Transfer-Encoding; `Content-Length: +5`). An auth
+//! gateway must not be the hop that disagrees, so anything ambiguous is refused and the
+//! connection closed.
+
+use http::header::{self, HeaderMap};
+use http::Version;
+
+/// Limits on request headers (configurable in `[limits]`).
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderLimits {
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+}
+
+/// A refused request: status, stable code, human message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: &'static str,
+}
+
+const AMBIGUOUS: Refusal = Refusal {
+    status: 400,
+    code: "ambiguous_framing",
+    message: "the request's framing headers are ambiguous",
+};
+const UPGRADE: Refusal = Refusal {
+    status: 400,
+    code: "upgrade_not_supported",
+    message: "protocol upgrades are not supported",
+};
+const TOO_MANY: Refusal = Refusal {
+    status: 431,
+    code: "request_header_fields_too_large",
+    message: "too many or too large request headers",
+};
+
+/// Checks one request's headers. `raw_head` is the request head as received (HTTP/1), used to
+/// see a `Content-Length` that pingora drops when `Transfer-Encoding` is also present.
+pub fn check(
+    version: Version,
+    headers: &HeaderMap,
+    raw_head: Option<&[u8]>,
+    limits: HeaderLimits,
+) -> Result<(), Refusal> {
+    if headers.len() > limits.max_headers {
+        return Err(TOO_MANY);
+    }
+    let bytes: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if bytes > limits.max_header_bytes {
+        return Err(TOO_MANY);
+    }
+    if headers.contains_key(header::UPGRADE) {
+        return Err(UPGRADE);
+    }
+    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(first) = te.next() {
+        if te.next().is_some()
+            || !first.as_bytes().eq_ignore_ascii_case(b"chunked")
+            || version != Version::HTTP_11
+            || raw_head.is_some_and(has_content_length_line)
+            || headers.contains_key(header::CONTENT_LENGTH)
+        {
+            return Err(AMBIGUOUS);
+        }
+    }
+    let mut cl = headers.get_all(header::CONTENT_LENGTH).iter();
+    if let Some(first) = cl.next() {
+        let v = first.as_bytes();
+        if cl.next().is_some() || v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit)
+        {
+            return Err(AMBIGUOUS);
+        }
+    }
+    Ok(())
+}
+
+/// Whether a raw request head holds a `Content-Length` header line (any case).
+fn has_content_length_line(head: &[u8]) -> bool {
+    head.split(|&b| b == b'\n')
+        .skip(1)
+        .any(|line| line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: HeaderLimits = HeaderLimits {
+        max_headers: 10,
+        max_header_bytes: 1000,
+    };
+
+    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        m
+    }
+
+    fn chk(pairs: &[(&str, &str)]) -> Result<(), Refusal> {
+        check(Version::HTTP_11, &h(pairs), None, LIMITS)
+    }
+
+    #[test]
+    fn ordinary_requests_pass() {
+        assert_eq!(chk(&[("content-length", "5")]), Ok(()));
+        assert_eq!(chk(&[("transfer-encoding", "chunked")]), Ok(()));
+        assert_eq!(chk(&[("transfer-encoding", "Chunked")]), Ok(()));
+        assert_eq!(chk(&[]), Ok(()));
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        for bad in [
+            vec![("content-length", "+5")],
+            vec![("content-length", "-0")],
+            vec![("content-length", "5"), ("content-length", "6")],
+            vec![("content-length", "5"), ("content-length", "5")],
+            vec![("content-length", "5, 5")],
+            vec![("content-length", " 5")],
+            vec![("transfer-encoding", "chunked, identity")],
+            vec![
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "identity"),
+            ],
+            vec![("transfer-encoding", "identity")],
+            vec![("transfer-encoding", "chunked "), ("x", "y")],
+            vec![("transfer-encoding", "chunked"), ("content-length", "3")],
+        ] {
+            assert_eq!(chk(&bad), Err(AMBIGUOUS), "{bad:?}");
+        }
+        let te = h(&[("transfer-encoding", "chunked")]);
+        assert_eq!(check(Version::HTTP_10, &te, None, LIMITS), Err(AMBIGUOUS));
+        let raw = b"POST / HTTP/1.1\r\nHost: x\r\nCONTENT-LENGTH: 4\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(
+            check(Version::HTTP_11, &te, Some(raw), LIMITS),
+            Err(AMBIGUOUS)
+        );
+    }
+
+    #[test]
+    fn upgrades_and_oversized_heads_are_refused() {
+        assert_eq!(chk(&[("upgrade", "websocket")]), Err(UPGRADE));
+        let many: Vec<(String, String)> = (0..11).map(|i| (format!("x-{i}"), "v".into())).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        assert_eq!(chk(&many), Err(TOO_MANY));
+        let big = "a".repeat(1000);
+        assert_eq!(chk(&[("authorization", &big)]), Err(TOO_MANY));
+    }
+}
