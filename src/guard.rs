@@ -65,7 +65,7 @@ pub fn check(
         if te.next().is_some()
             || !first.as_bytes().eq_ignore_ascii_case(b"chunked")
             || version != Version::HTTP_11
-            || raw_head.is_some_and(has_content_length_line)
+            || raw_head.is_some_and(|h| has_content_length_line(h) || !plain_chunked_lines(h))
             || headers.contains_key(header::CONTENT_LENGTH)
         {
             return Err(AMBIGUOUS);
@@ -80,6 +80,20 @@ pub fn check(
         }
     }
     Ok(())
+}
+
+/// Whether every raw `Transfer-Encoding` line reads exactly `chunked` (one optional space
+/// before it, nothing after): a tab, a vertical tab or trailing whitespace is read differently
+/// by different parsers, so it is refused rather than normalised.
+fn plain_chunked_lines(head: &[u8]) -> bool {
+    head.split(|&b| b == b'\n').skip(1).all(|line| {
+        if line.len() < 18 || !line[..18].eq_ignore_ascii_case(b"transfer-encoding:") {
+            return true;
+        }
+        let v = line[18..].strip_suffix(b"\r").unwrap_or(&line[18..]);
+        let v = v.strip_prefix(b" ").unwrap_or(v);
+        v.eq_ignore_ascii_case(b"chunked")
+    })
 }
 
 /// Whether a raw request head holds a `Content-Length` header line (any case).
@@ -148,6 +162,18 @@ mod tests {
             check(Version::HTTP_11, &te, Some(raw), LIMITS),
             Err(AMBIGUOUS)
         );
+        for raw in [
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: \tchunked\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding:  chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked \r\n\r\n",
+        ] {
+            assert_eq!(
+                check(Version::HTTP_11, &te, Some(raw), LIMITS),
+                Err(AMBIGUOUS)
+            );
+        }
+        let ok = b"POST / HTTP/1.1\r\nHost: x\r\ntransfer-encoding: Chunked\r\n\r\n";
+        assert_eq!(check(Version::HTTP_11, &te, Some(ok), LIMITS), Ok(()));
     }
 
     #[test]

@@ -90,6 +90,15 @@ impl KeyFormat {
     }
 }
 
+impl KeyFormat {
+    /// Whether `text` holds a well-formed key of this format anywhere (e.g. in a query string).
+    pub fn appears_in(&self, text: &[u8]) -> bool {
+        let p = self.prefix.as_bytes();
+        (0..text.len().saturating_sub(self.total_len - 1))
+            .any(|i| text[i..].starts_with(p) && self.check(&text[i..i + self.total_len]).is_ok())
+    }
+}
+
 fn encode_checksum(mut crc: u32) -> [u8; CHECKSUM_CHARS] {
     let mut out = [b'0'; CHECKSUM_CHARS];
     for slot in out.iter_mut().rev() {
@@ -167,6 +176,17 @@ mod tests {
         let mut dash = k.clone().into_bytes();
         dash[10] = b'-';
         assert_eq!(f.check(&dash), Err(KeyFormatError::Malformed));
+    }
+
+    #[test]
+    fn keys_are_found_inside_text() {
+        let f = KeyFormat::new("agk");
+        let k = f.generate().plaintext;
+        assert!(f.appears_in(format!("a=1&api_key={k}&b=2").as_bytes()));
+        assert!(f.appears_in(k.as_bytes()));
+        assert!(!f.appears_in(&format!("x={}", &k[..k.len() - 1]).into_bytes()));
+        assert!(!f.appears_in(b"agk_agk_"));
+        assert!(!f.appears_in(b""));
     }
 
     #[test]

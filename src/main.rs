@@ -42,7 +42,13 @@ fn load(config: Option<PathBuf>) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        // pingora's own debug/trace logs print whole request headers (Authorization, query
+        // strings): capped at info whatever RUST_LOG says, so secrets never reach the logs.
+        .filter_module("pingora_core", log::LevelFilter::Info)
+        .filter_module("pingora_proxy", log::LevelFilter::Info)
+        .filter_module("pingora_load_balancing", log::LevelFilter::Info)
+        .init();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::NewToken { name } => {

@@ -169,6 +169,11 @@ const ERR_RATE_LIMITED: ProxyError = ProxyError {
     body: r#"{"name":"RateLimitError","code":"too_many_failed_authentications","message":"too many failed authentications from this client; retry later"}"#,
     www_authenticate: false,
 };
+const ERR_KEY_IN_QUERY: ProxyError = ProxyError {
+    status: 400,
+    body: r#"{"name":"ValidationError","code":"credential_in_query","message":"API keys are not accepted in the query string; send Authorization: Bearer <key>"}"#,
+    www_authenticate: false,
+};
 const ERR_INTERNAL: ProxyError = ProxyError {
     status: 500,
     body: r#"{"name":"InternalError","code":"internal_error","message":"internal error"}"#,
@@ -510,6 +515,14 @@ impl ProxyHttp for Gateway {
                 session.set_keepalive(None);
             }
             let body = Bytes::from(target_error_body(e));
+            self.write_json(session, ctx, 400, Some(body), false, None)
+                .await?;
+            return Ok(true);
+        }
+        if !query.is_empty() && self.management.key_format.appears_in(query) {
+            // A key in a URL ends up in upstream and proxy logs: refuse rather than forward it.
+            self.metrics.reject(Rejection::BadRequestTarget);
+            let body = Bytes::from_static(ERR_KEY_IN_QUERY.body.as_bytes());
             self.write_json(session, ctx, 400, Some(body), false, None)
                 .await?;
             return Ok(true);

@@ -188,7 +188,15 @@ fn auth_failures_answer_identically() {
     assert_eq!(r.body, first.as_ref().unwrap().body);
     // A key in the query string is not a credential.
     let r = g.req("GET", &format!("{p}?api_key={key}"), &[], None);
-    assert_eq!(r.status, 401);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["code"], "credential_in_query");
+    let r = g.req(
+        "GET",
+        &format!("{p}?x=1&token={key}"),
+        &[("Authorization", &a)],
+        None,
+    );
+    assert_eq!(r.status, 400);
     // A management token is not an API key.
     let r = g.call("GET", p, ADMIN_TOKEN);
     assert_eq!(r.status, 401);

@@ -467,6 +467,8 @@ pub enum Mode {
     Hang,
     /// Answer bytes that are not HTTP.
     Garbage,
+    /// Echo, after one second.
+    Slow,
 }
 
 /// A loopback HTTP/1.1 upstream that records every request (health checks aside).
@@ -615,6 +617,7 @@ fn serve(conn: TcpStream, received: Arc<Mutex<Vec<Received>>>, mode: Mode) {
         received.lock().unwrap().push(rec.clone());
         match mode {
             Mode::Echo => {}
+            Mode::Slow => std::thread::sleep(Duration::from_secs(1)),
             Mode::Reset => {
                 let _ = w.shutdown(Shutdown::Both);
                 return;
@@ -678,4 +681,49 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 
 pub fn path_exists(p: &Path) -> bool {
     p.exists()
+}
+
+/// A keep-alive HTTP/1.1 connection for many requests in a row.
+pub struct KeepAlive {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl KeepAlive {
+    pub fn connect(addr: SocketAddr) -> KeepAlive {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.set_nodelay(true).unwrap();
+        KeepAlive {
+            writer: s.try_clone().unwrap(),
+            reader: BufReader::new(s),
+        }
+    }
+
+    pub fn send(&mut self, method: &str, target: &str, headers: &[(&str, &str)]) -> Resp {
+        let mut req = format!("{method} {target} HTTP/1.1\r\nHost: gateway\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        self.writer.write_all(req.as_bytes()).unwrap();
+        read_response(&mut self.reader, method == "HEAD").unwrap()
+    }
+}
+
+/// Splits a raw exchange into responses: (status, headers, body) of each, in order.
+pub fn parse_responses(mut bytes: &[u8]) -> Vec<Resp> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let mut r = BufReader::new(bytes);
+        match read_response(&mut r, false) {
+            Ok(resp) => {
+                let remaining = r.buffer().len() + r.get_ref().len();
+                out.push(resp);
+                bytes = &bytes[bytes.len() - remaining..];
+            }
+            Err(_) => break,
+        }
+    }
+    out
 }
