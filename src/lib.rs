@@ -6,6 +6,8 @@ pub mod auth;
 pub mod client_ip;
 pub mod clock;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guard;
 pub mod keys;
 pub mod management;
