@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One command for the load benchmark: installs nginx, HAProxy and wrk from Debian if missing,
+# builds the gateway and the bench helpers with the release profile, runs every scenario and
+# prints one table. Extra arguments go to bench/run.py (e.g. --rounds 5, --only S4,S5).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+for c in nginx haproxy wrk taskset; do command -v "$c" >/dev/null || need+=("$c"); done
+if [ ${#need[@]} -gt 0 ]; then
+  pkgs=()
+  for c in "${need[@]}"; do
+    case $c in taskset) pkgs+=(util-linux) ;; nginx) pkgs+=(nginx-light) ;; *) pkgs+=("$c") ;; esac
+  done
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y "${pkgs[@]}" || { apt-get update && apt-get install -y "${pkgs[@]}"; }
+  # Debian starts the packaged services: the benchmark runs its own, on its own ports.
+  service nginx stop >/dev/null 2>&1 || true
+  service haproxy stop >/dev/null 2>&1 || true
+fi
+cargo build --release --bin agentry-gateway --example pingora_passthrough --example bench_seed
+exec python3 bench/run.py "$@"
