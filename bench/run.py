@@ -22,9 +22,10 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GATEWAY = os.path.join(ROOT, "target/release/agentry-gateway")
-PASSTHROUGH = os.path.join(ROOT, "target/release/examples/pingora_passthrough")
-SEED = os.path.join(ROOT, "target/release/examples/bench_seed")
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+GATEWAY = os.path.join(TARGET, "release/agentry-gateway")
+PASSTHROUGH = os.path.join(TARGET, "release/examples/pingora_passthrough")
+SEED = os.path.join(TARGET, "release/examples/bench_seed")
 KEYS_LUA = os.path.join(ROOT, "bench/keys.lua")
 MGMT_LUA = os.path.join(ROOT, "bench/mgmt.lua")
 
@@ -209,6 +210,7 @@ grace_period_seconds = 0
 graceful_shutdown_timeout_seconds = 1
 pid_file = "{self.dir}/gw{port}.pid"
 upgrade_sock = "{self.dir}/gw{port}.sock"
+{self.args.gw_server}
 [metrics]
 listen = "127.0.0.1:{mport}"
 [store]
@@ -229,6 +231,7 @@ source = "none"
 [[upstreams]]
 name = "inbox"
 addresses = ["127.0.0.1:{UPSTREAM}"]
+{self.args.gw_upstream}
 [[routes]]
 path = "/v0/inboxes/{{inbox_id}}"
 upstream = "inbox"
@@ -361,6 +364,8 @@ def main():
     ap.add_argument("--conns", type=int, default=32)
     ap.add_argument("--s7-keys", type=int, default=100_000)
     ap.add_argument("--access-log", action="store_true", help="gateway access log on (default off)")
+    ap.add_argument("--gw-server", default="", help="extra TOML lines for the gateway's [server]")
+    ap.add_argument("--gw-upstream", default="", help="extra TOML lines for the gateway's upstream")
     ap.add_argument("--only", default="", help="comma-separated scenarios, e.g. S4,S5")
     ap.add_argument("--json", default="", help="also write raw results to this file")
     args = ap.parse_args()

@@ -23,7 +23,12 @@ impl Store for Synthetic {
     async fn create_key(&self, _k: NewKey) -> Result<(), StoreError> {
         Ok(())
     }
-    async fn list_keys(&self, _i: &str, _a: Option<&Cursor>, _l: usize) -> Result<Vec<KeyRecord>, StoreError> {
+    async fn list_keys(
+        &self,
+        _i: &str,
+        _a: Option<&Cursor>,
+        _l: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
         Ok(Vec::new())
     }
     async fn delete_key(&self, _i: &str, _k: &str) -> Result<Option<KeyHash>, StoreError> {
@@ -53,7 +58,10 @@ fn rss_bytes() -> u64 {
 }
 
 fn main() {
-    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     if std::env::args().nth(2).as_deref() == Some("bare") {
         return bare(n);
     }
@@ -68,10 +76,16 @@ fn main() {
             c.insert(h, ());
         }
         c.run_pending_tasks();
-        println!("moka_sync_bytes_per_entry={:.1}", (rss_bytes() - before) as f64 / n as f64);
+        println!(
+            "moka_sync_bytes_per_entry={:.1}",
+            (rss_bytes() - before) as f64 / n as f64
+        );
         return;
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let format = KeyFormat::new("agk");
     let keys: Vec<String> = (0..n).map(|_| format.generate().plaintext).collect();
     let cache = CacheConfig {
@@ -80,7 +94,12 @@ fn main() {
         negative_max_entries: 1000,
         negative_ttl: Duration::from_secs(5),
     };
-    let verifier = Verifier::new(format, &cache, Arc::new(Synthetic), Arc::new(Metrics::new(&[], &[])));
+    let verifier = Verifier::new(
+        format,
+        &cache,
+        Arc::new(Synthetic),
+        Arc::new(Metrics::new(&[], &[])),
+    );
     rt.block_on(verifier.sync());
     let before = rss_bytes();
     rt.block_on(async {
@@ -100,7 +119,10 @@ fn main() {
 
 /// Baseline: moka alone, the same key type and TTL, with an empty value (`-- N bare`).
 fn bare(n: usize) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     // Baseline: moka alone, the same key type and TTL, with an empty value.
     let bare: moka::future::Cache<KeyHash, ()> = moka::future::Cache::builder()
         .max_capacity(n as u64 * 2)

@@ -56,15 +56,36 @@ impl TrustedProxies {
         &self,
         peer: IpAddr,
         mut xff: impl Iterator<Item = &'a HeaderValue>,
-    ) -> String {
+    ) -> HeaderValue {
         if self.trusted(&peer) {
             let chain: Vec<&str> = xff.by_ref().filter_map(|v| v.to_str().ok()).collect();
             if !chain.is_empty() {
-                return format!("{}, {peer}", chain.join(", "));
+                let v = format!("{}, {peer}", chain.join(", "));
+                return HeaderValue::from_str(&v).unwrap_or_else(|_| peer_value(peer));
             }
         }
-        peer.to_string()
+        peer_value(peer)
     }
+}
+
+/// The header value of an address, remembered per thread for the last address seen: most
+/// requests on a connection (and behind a load balancer, most connections) share a peer.
+fn peer_value(peer: IpAddr) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((ip, v)) if *ip == peer => v.clone(),
+            _ => {
+                let v = HeaderValue::from_str(&peer.to_string()).expect("an IP is a header value");
+                *last = Some((peer, v.clone()));
+                v
+            }
+        }
+    })
 }
 
 #[cfg(test)]
@@ -84,6 +105,7 @@ mod tests {
         let peer: IpAddr = "1.2.3.4".parse().unwrap();
         let x = [hv("9.9.9.9")];
         assert_eq!(tp().client_ip(peer, x.iter()), peer);
+        assert_eq!(tp().forwarded_for(peer, x.iter()), "1.2.3.4");
         assert_eq!(tp().forwarded_for(peer, x.iter()), "1.2.3.4");
         assert_eq!(TrustedProxies::default().client_ip(peer, x.iter()), peer);
     }

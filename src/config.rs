@@ -86,6 +86,7 @@ struct FileServer {
     grace_period_seconds: Option<u64>,
     graceful_shutdown_timeout_seconds: Option<u64>,
     upstream_keepalive_pool_size: Option<usize>,
+    work_stealing: Option<bool>,
     pid_file: Option<String>,
     upgrade_sock: Option<String>,
     #[serde(default)]
@@ -181,6 +182,7 @@ struct FileUpstream {
     health_check: Option<FileHealthCheck>,
     connect_timeout_ms: Option<u64>,
     read_timeout_ms: Option<u64>,
+    write_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,6 +236,7 @@ pub struct ServerConfig {
     pub grace_period: Duration,
     pub graceful_shutdown_timeout: Duration,
     pub upstream_keepalive_pool_size: usize,
+    pub work_stealing: bool,
     pub pid_file: Option<String>,
     pub upgrade_sock: Option<String>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -285,6 +288,8 @@ pub struct UpstreamConfig {
     pub health_check_interval: Duration,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// `None`: writes to the upstream are not timed (each timed write costs a timer).
+    pub write_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -416,6 +421,7 @@ impl Validator<'_> {
                     .unwrap_or(DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECS),
             ),
             upstream_keepalive_pool_size: pool,
+            work_stealing: s.work_stealing.unwrap_or(true),
             pid_file: s.pid_file,
             upgrade_sock: s.upgrade_sock,
             trusted_proxies,
@@ -699,6 +705,12 @@ impl Validator<'_> {
                 &field("read_timeout_ms"),
                 u.read_timeout_ms.unwrap_or(DEFAULT_READ_TIMEOUT_MS),
             )?;
+            let write = match u.write_timeout_ms {
+                Some(ms) => Some(Duration::from_millis(
+                    self.positive(&field("write_timeout_ms"), ms)?,
+                )),
+                None => None,
+            };
             out.push(UpstreamConfig {
                 name: u.name,
                 addresses,
@@ -706,6 +718,7 @@ impl Validator<'_> {
                 health_check_interval: Duration::from_secs(interval),
                 connect_timeout: Duration::from_millis(connect),
                 read_timeout: Duration::from_millis(read),
+                write_timeout: write,
             });
         }
         Ok(out)

@@ -88,6 +88,7 @@ pub fn build(config: Config) -> Result<Built, StartError> {
         grace_period_seconds: Some(config.server.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout.as_secs()),
         upstream_keepalive_pool_size: config.server.upstream_keepalive_pool_size,
+        work_stealing: config.server.work_stealing,
         pid_file: config
             .server
             .pid_file

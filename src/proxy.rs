@@ -27,12 +27,14 @@ use crate::management::{routes::is_management_path, ApiResponse, Management};
 use crate::metrics::{ManagementRoute, Metrics, Rejection, UpstreamError};
 use crate::upstream::Upstream;
 
-pub const H_API_KEY_ID: HeaderName = HeaderName::from_static("x-agentry-api-key-id");
-pub const H_INBOX_ID: HeaderName = HeaderName::from_static("x-agentry-inbox-id");
-pub const H_POD_ID: HeaderName = HeaderName::from_static("x-agentry-pod-id");
-pub const H_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const H_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const H_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+// Header names are `&'static str` where pingora inserts them: its case-preserving map then
+// takes them without allocating (a `HeaderName` would be copied and title-cased per request).
+pub const H_API_KEY_ID: &str = "x-agentry-api-key-id";
+pub const H_INBOX_ID: &str = "x-agentry-inbox-id";
+pub const H_POD_ID: &str = "x-agentry-pod-id";
+pub const H_REQUEST_ID: &str = "x-request-id";
+const H_FORWARDED_FOR: &str = "x-forwarded-for";
+const H_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 const BEARER: HeaderValue = HeaderValue::from_static("Bearer");
@@ -107,8 +109,10 @@ impl RequestIds {
         let n = self
             .counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let s = format!("{:016x}{:016x}", self.prefix, n);
-        HeaderValue::from_str(&s).expect("hex is a valid header value")
+        let mut buf = [0u8; 32];
+        hex::encode_to_slice(self.prefix.to_be_bytes(), &mut buf[..16]).expect("16 hex digits");
+        hex::encode_to_slice(n.to_be_bytes(), &mut buf[16..]).expect("16 hex digits");
+        HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
     }
 }
 
@@ -594,7 +598,7 @@ impl ProxyHttp for Gateway {
                 .forwarded_for(addr.ip(), req.headers.get_all(H_FORWARDED_FOR).iter());
             req.insert_header(H_FORWARDED_FOR, xff)?;
         } else {
-            req.remove_header(&H_FORWARDED_FOR);
+            req.remove_header(H_FORWARDED_FOR);
         }
         req.insert_header(H_FORWARDED_PROTO, HTTP)?;
         if let Some(rid) = &ctx.request_id {

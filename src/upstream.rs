@@ -41,7 +41,7 @@ impl Upstream {
         let mut peer_template = HttpPeer::new(cfg.addresses[0], false, String::new());
         peer_template.options.connection_timeout = Some(cfg.connect_timeout);
         peer_template.options.read_timeout = Some(cfg.read_timeout);
-        peer_template.options.write_timeout = Some(cfg.read_timeout);
+        peer_template.options.write_timeout = cfg.write_timeout;
         let service = background_service(&format!("health check {}", cfg.name), lb);
         let upstream = Upstream {
             name: cfg.name.clone(),
