@@ -297,7 +297,8 @@ upstream = "inbox"
         st0 = metric(mport, 'agentry_gateway_store_queries_total{op="record_usage"}') if mport else None
         q0 = metric(mport, 'agentry_gateway_store_queries_total{op="find_by_hash"}') if mport else None
         miss0 = metric(mport, 'agentry_gateway_auth_cache_total{result="miss"}') if mport else None
-        r = self.wrk(port, [keys, suffix], self.args.duration, self.args.conns)
+        conns = 1 if body == "1conn" else self.args.conns
+        r = self.wrk(port, [keys, suffix], self.args.duration, conns)
         if cpu0 is not None:
             r["cpu_ms_per_1k"] = (proc_cpu_ticks(pid) - cpu0) * 10.0 / r["requests"] * 1000
             r["rss_mib"] = proc_hwm_kib(pid) / 1024
@@ -377,7 +378,8 @@ def main():
         b.start_peers()
         b.start_gateway("S7", PORTS["S7"], S7_METRICS, b.db7)
         plan = [(s, body) for s in ["S0", "S1", "S2", "S3", "S4", "S5"] for body in ("3B", "4KiB")]
-        plan += [("S6", "3B"), ("S7", "3B")]
+        # S7 twice: saturated (32 connections) and one connection (a miss's own latency).
+        plan += [("S6", "3B"), ("S7", "3B"), ("S7", "1conn")]
         if args.only:
             wanted = set(args.only.split(","))
             plan = [p for p in plan if p[0] in wanted]
@@ -426,6 +428,9 @@ def main():
     print(f"  S6/S5 req/s {fmt(ratio('S6 3B', 'S5 3B', 'rps'), 3)}")
     if "S7 3B" in results:
         qpm = [r["queries_per_miss"] for r in results["S7 3B"] if r.get("queries_per_miss")]
+        if "S7 1conn" in med:
+            print(f"  S7 one connection (no queueing): p50 {fmt(med['S7 1conn']['p50_ms'], 3)} ms, "
+                  f"p99 {fmt(med['S7 1conn']['p99_ms'], 3)} ms")
         print(f"  S7 p99 {fmt(med['S7 3B']['p99_ms'], 3)} ms; store queries per miss "
               f"{fmt(statistics.median(qpm) if qpm else None, 3)}; misses per run "
               f"{[int(r['misses']) for r in results['S7 3B']]}")
