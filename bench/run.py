@@ -326,6 +326,34 @@ upstream = "inbox"
         return out
 
 
+def proc_rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def soak(b, seconds):
+    """A bounded soak: S5 traffic for `seconds`, in three equal parts; memory and p99 of the
+    first and last part must be within 20%."""
+    part = max(1, seconds // 3)
+    pid = b.pids["S5"]
+    b.wrk(PORTS["S5"], [b.keys_file, "/small"], 5, b.args.conns)  # warm caches and pools first
+    rows = []
+    for i in range(3):
+        r = b.wrk(PORTS["S5"], [b.keys_file, "/small"], part, b.args.conns)
+        r["rss_mib"] = proc_rss_kib(pid) / 1024
+        rows.append(r)
+        print(f"soak part {i + 1}: {r['rps']:.0f} req/s p99 {r['p99_ms']:.2f} ms "
+              f"RSS {r['rss_mib']:.1f} MiB non-2xx {r['non2xx']}", flush=True)
+    p99 = rows[2]["p99_ms"] / rows[0]["p99_ms"]
+    rss = rows[2]["rss_mib"] / rows[0]["rss_mib"]
+    ok = 0.8 <= p99 <= 1.2 and 0.8 <= rss <= 1.2 and all(r["non2xx"] == 0 for r in rows)
+    print(f"soak {3 * part} s: last/first third p99 {p99:.3f}, RSS {rss:.3f} -> {'PASS' if ok else 'FAIL'}")
+    return ok
+
+
 def to_ms(v, unit):
     return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
@@ -369,6 +397,7 @@ def main():
     ap.add_argument("--gw-upstream", default="", help="extra TOML lines for the gateway's upstream")
     ap.add_argument("--only", default="", help="comma-separated scenarios, e.g. S4,S5")
     ap.add_argument("--json", default="", help="also write raw results to this file")
+    ap.add_argument("--soak", type=int, default=0, help="run only the soak test, this many seconds")
     args = ap.parse_args()
 
     b = Bench(args)
@@ -376,6 +405,9 @@ def main():
     try:
         b.seed()
         b.start_peers()
+        if args.soak:
+            ok = soak(b, args.soak)
+            sys.exit(0 if ok else 1)
         b.start_gateway("S7", PORTS["S7"], S7_METRICS, b.db7)
         plan = [(s, body) for s in ["S0", "S1", "S2", "S3", "S4", "S5"] for body in ("3B", "4KiB")]
         # S7 twice: saturated (32 connections) and one connection (a miss's own latency).
