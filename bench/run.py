@@ -217,7 +217,7 @@ listen = "127.0.0.1:{mport}"
 kind = "sqlite"
 path = "{db}"
 [usage]
-flush_interval_ms = 1000
+flush_interval_ms = {self.args.flush_ms}
 [logging]
 access_log = {str(self.args.access_log).lower()}
 [limits]
@@ -397,6 +397,7 @@ def main():
     ap.add_argument("--gw-upstream", default="", help="extra TOML lines for the gateway's upstream")
     ap.add_argument("--only", default="", help="comma-separated scenarios, e.g. S4,S5")
     ap.add_argument("--json", default="", help="also write raw results to this file")
+    ap.add_argument("--flush-ms", type=int, default=1000, help="gateway usage.flush_interval_ms")
     ap.add_argument("--soak", type=int, default=0, help="run only the soak test, this many seconds")
     args = ap.parse_args()
 

@@ -844,6 +844,30 @@ source = "none"
     }
 
     #[test]
+    fn optional_tuning_keys_parse() {
+        let text = MINIMAL.replace(
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"127.0.0.1:8080\"\nwork_stealing = false\ntrusted_proxies = [\"10.0.0.0/8\", \"192.168.1.1\"]",
+        );
+        let text = format!(
+            "{text}\n[[upstreams]]\nname = \"u\"\naddresses = [\"127.0.0.1:1\"]\nwrite_timeout_ms = 250\n"
+        );
+        let c = parse(&text).unwrap();
+        assert!(!c.server.work_stealing);
+        assert_eq!(c.server.trusted_proxies.len(), 2);
+        assert_eq!(
+            c.upstreams[0].write_timeout,
+            Some(Duration::from_millis(250))
+        );
+        let bad = MINIMAL.replace(
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"127.0.0.1:8080\"\ntrusted_proxies = [\"nope\"]",
+        );
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("server.trusted_proxies[0]"), "{e}");
+    }
+
+    #[test]
     fn syntax_error_keeps_line_number() {
         let e = parse("[server\nlisten=1").unwrap_err().to_string();
         assert!(e.contains("line 1"), "{e}");

@@ -544,12 +544,13 @@ fn uncached_keys_get_503_while_the_store_is_gone_and_recover() {
     let db = g.db_path();
     let aside = g.dir.path().join("aside.db");
     std::fs::rename(&db, &aside).unwrap();
+    // /readyz checks the file at once (lookups trust a good check for 250 ms).
+    let r = request(g.metrics_addr, "GET", "/readyz", &[], None);
+    assert_eq!(r.status, 503);
     assert_eq!(g.call("GET", p, &cached).status, 200);
     let r = g.call("GET", p, &uncached);
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json()["code"], "auth_unavailable");
-    let r = request(g.metrics_addr, "GET", "/readyz", &[], None);
-    assert_eq!(r.status, 503);
     std::fs::rename(&aside, &db).unwrap();
     // Not cached as unknown: works as soon as the store is back.
     assert_eq!(g.call("GET", p, &uncached).status, 200);

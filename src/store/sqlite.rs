@@ -5,7 +5,7 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -16,6 +16,9 @@ use super::{AuthRecord, Cursor, KeyRecord, NewKey, Store, StoreError};
 use crate::keys::KeyHash;
 
 const READERS: usize = 4;
+/// How long a successful check that the database file is still in place is trusted. The
+/// check is a `stat`: done on every call it is a syscall per key lookup.
+const FILE_CHECK_INTERVAL_US: i64 = 250_000;
 const BUSY_TIMEOUT_MS: u32 = 5000;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -41,6 +44,8 @@ struct Inner {
     path: PathBuf,
     /// Identity of the file the connections have open: (device, inode).
     file_id: AtomicU64,
+    /// When the file was last found in place (µs since the epoch); 0 after a failed check.
+    file_ok_at_us: AtomicI64,
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
@@ -111,6 +116,7 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 file_id: AtomicU64::new(id),
+                file_ok_at_us: AtomicI64::new(0),
                 writer: Mutex::new(writer),
                 readers,
                 next_reader: AtomicUsize::new(0),
@@ -123,9 +129,19 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
     {
+        self.run_checked(false, f).await
+    }
+
+    /// Runs `f` on the blocking pool after checking the file is in place (`force`: whatever
+    /// the last check said).
+    async fn run_checked<T, F>(&self, force: bool, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            inner.check_file()?;
+            inner.check_file(force)?;
             f(&inner)
         })
         .await
@@ -137,11 +153,18 @@ impl Inner {
     /// Fails when the database file was removed or replaced under us: open connections would
     /// otherwise keep serving a deleted file's stale contents. A file put back (or restored)
     /// at the path is reopened, so the gateway recovers without a restart.
-    fn check_file(&self) -> Result<(), StoreError> {
+    fn check_file(&self, force: bool) -> Result<(), StoreError> {
+        let now_us = crate::clock::now_us();
+        let ok_at = self.file_ok_at_us.load(Ordering::Acquire);
+        if !force && ok_at != 0 && now_us - ok_at < FILE_CHECK_INTERVAL_US {
+            return Ok(());
+        }
         let now = file_id(&self.path).map_err(|e| {
+            self.file_ok_at_us.store(0, Ordering::Release);
             StoreError::Unavailable(format!("database file {}: {e}", self.path.display()))
         })?;
         if now == self.file_id.load(Ordering::Acquire) {
+            self.file_ok_at_us.store(now_us, Ordering::Release);
             return Ok(());
         }
         let mut writer = self.writer.lock();
@@ -152,6 +175,7 @@ impl Inner {
             *r.lock() = open_connection(&self.path)?;
         }
         self.file_id.store(now, Ordering::Release);
+        self.file_ok_at_us.store(now_us, Ordering::Release);
         log::warn!(
             "database file {} was replaced; connections reopened",
             self.path.display()
@@ -324,7 +348,7 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.run(|db| {
+        self.run_checked(true, |db| {
             let conn = db.reader();
             conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
                 .map_err(unavailable)
