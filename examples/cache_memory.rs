@@ -2,7 +2,8 @@
 //! verifier and moka caches (against a store that answers every hash), then reports the RSS
 //! growth divided by N.
 //!
-//! `cargo run --release --example cache_memory -- [N]`
+//! `cargo run --release --example cache_memory -- [N]`, and `-- N bare` for moka alone (same
+//! key type, capacity and TTL, empty values): the floor any moka-based cache pays.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,23 +65,6 @@ fn main() {
         .unwrap_or(1_000_000);
     if std::env::args().nth(2).as_deref() == Some("bare") {
         return bare(n);
-    }
-    if std::env::args().nth(2).as_deref() == Some("sync") {
-        let c: moka::sync::Cache<KeyHash, ()> = moka::sync::Cache::builder()
-            .max_capacity(n as u64 * 2)
-            .build();
-        let before = rss_bytes();
-        for i in 0..n {
-            let mut h = [0u8; 32];
-            h[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            c.insert(h, ());
-        }
-        c.run_pending_tasks();
-        println!(
-            "moka_sync_bytes_per_entry={:.1}",
-            (rss_bytes() - before) as f64 / n as f64
-        );
-        return;
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
