@@ -184,13 +184,13 @@ const ERR_INTERNAL: ProxyError = ProxyError {
     www_authenticate: false,
 };
 
-fn target_error_body(e: crate::auth::scope::TargetError) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "name": "ValidationError",
-        "code": "bad_request_target",
-        "message": e.message(),
-    }))
-    .unwrap_or_default()
+fn error_json(name: &str, code: &str, message: &str) -> Bytes {
+    let body = serde_json::json!({ "name": name, "code": code, "message": message });
+    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+}
+
+fn target_error_body(e: crate::auth::scope::TargetError) -> Bytes {
+    error_json("ValidationError", "bad_request_target", e.message())
 }
 
 /// Whether the request carries a body we would otherwise leave unread.
@@ -250,6 +250,29 @@ impl Gateway {
         Ok(())
     }
 
+    /// Refuses a request before it reaches any upstream: counts it, writes the JSON error and
+    /// closes the connection when asked to or when a body would be left unread.
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        reason: Rejection,
+        (status, body, www_authenticate): (u16, Bytes, bool),
+        close: bool,
+    ) -> Result<bool> {
+        self.metrics.reject(reason);
+        if close || has_body(session.req_header()) {
+            // Never leave an unread body behind on a refused request: close instead.
+            session.set_keepalive(None);
+        }
+        if status == 429 {
+            ctx.retry_after = Some(self.limiter.retry_after_secs());
+        }
+        self.write_json(session, ctx, status, Some(body), www_authenticate, None)
+            .await?;
+        Ok(true)
+    }
+
     /// Refuses a proxied request with a fixed JSON error.
     async fn reject(
         &self,
@@ -258,24 +281,12 @@ impl Gateway {
         reason: Rejection,
         e: &ProxyError,
     ) -> Result<bool> {
-        self.metrics.reject(reason);
-        if has_body(session.req_header()) {
-            // Never leave an unread body behind on a refused request: close instead.
-            session.set_keepalive(None);
-        }
-        if e.status == 429 {
-            ctx.retry_after = Some(self.limiter.retry_after_secs());
-        }
-        self.write_json(
-            session,
-            ctx,
+        let answer = (
             e.status,
-            Some(Bytes::from_static(e.body.as_bytes())),
+            Bytes::from_static(e.body.as_bytes()),
             e.www_authenticate,
-            None,
-        )
-        .await?;
-        Ok(true)
+        );
+        self.refuse(session, ctx, reason, answer, false).await
     }
 
     /// The client's address, honouring `X-Forwarded-For` only from trusted proxies.
@@ -453,47 +464,31 @@ impl ProxyHttp for Gateway {
         );
         if let Err(refusal) = self.guard(session) {
             ctx.kind = Kind::Proxy;
-            let reason = match refusal.status {
-                431 => Rejection::HeadersTooLarge,
-                _ if refusal.code == "upgrade_not_supported" => Rejection::UpgradeRefused,
-                _ => Rejection::AmbiguousFraming,
+            let (reason, name) = match refusal.status {
+                431 => (
+                    Rejection::HeadersTooLarge,
+                    "RequestHeaderFieldsTooLargeError",
+                ),
+                _ if refusal.code == "upgrade_not_supported" => {
+                    (Rejection::UpgradeRefused, "BadRequestError")
+                }
+                _ => (Rejection::AmbiguousFraming, "BadRequestError"),
             };
-            self.metrics.reject(reason);
+            let body = error_json(name, refusal.code, refusal.message);
             // Whatever follows an ambiguous head cannot be trusted: close the connection.
-            session.set_keepalive(None);
-            let name = if refusal.status == 431 {
-                "RequestHeaderFieldsTooLargeError"
-            } else {
-                "BadRequestError"
-            };
-            let body = serde_json::to_vec(&serde_json::json!({
-                "name": name,
-                "code": refusal.code,
-                "message": refusal.message,
-            }))
-            .unwrap_or_default();
-            self.write_json(
-                session,
-                ctx,
-                refusal.status,
-                Some(Bytes::from(body)),
-                false,
-                None,
-            )
-            .await?;
-            return Ok(true);
+            return self
+                .refuse(session, ctx, reason, (refusal.status, body, false), true)
+                .await;
         }
         let raw = session.req_header().raw_path().to_vec();
         let (path, query) = match split_target(&raw) {
             Ok(pq) => pq,
             Err(e) => {
                 ctx.kind = Kind::Proxy;
-                self.metrics.reject(Rejection::BadRequestTarget);
-                session.set_keepalive(None);
-                let body = Bytes::from(target_error_body(e));
-                self.write_json(session, ctx, 400, Some(body), false, None)
-                    .await?;
-                return Ok(true);
+                let answer = (400, target_error_body(e), false);
+                return self
+                    .refuse(session, ctx, Rejection::BadRequestTarget, answer, true)
+                    .await;
             }
         };
         if is_management_path(path) {
@@ -514,22 +509,16 @@ impl ProxyHttp for Gateway {
         }
         ctx.kind = Kind::Proxy;
         if let Err(e) = validate_path(path).and_then(|_| validate_query(query)) {
-            self.metrics.reject(Rejection::BadRequestTarget);
-            if has_body(session.req_header()) {
-                session.set_keepalive(None);
-            }
-            let body = Bytes::from(target_error_body(e));
-            self.write_json(session, ctx, 400, Some(body), false, None)
-                .await?;
-            return Ok(true);
+            let answer = (400, target_error_body(e), false);
+            return self
+                .refuse(session, ctx, Rejection::BadRequestTarget, answer, false)
+                .await;
         }
         if !query.is_empty() && self.management.key_format.appears_in(query) {
             // A key in a URL ends up in upstream and proxy logs: refuse rather than forward it.
-            self.metrics.reject(Rejection::BadRequestTarget);
-            let body = Bytes::from_static(ERR_KEY_IN_QUERY.body.as_bytes());
-            self.write_json(session, ctx, 400, Some(body), false, None)
-                .await?;
-            return Ok(true);
+            return self
+                .reject(session, ctx, Rejection::BadRequestTarget, &ERR_KEY_IN_QUERY)
+                .await;
         }
         self.proxy_request(session, ctx, path).await
     }

@@ -154,26 +154,11 @@ mod tests {
     use crate::config::CacheConfig;
     use crate::keys::KeyFormat;
     use crate::store::memory::MemoryStore;
-    use crate::store::NewKey;
 
     async fn identity(store: &Arc<MemoryStore>, id: &str) -> Arc<ApiKeyIdentity> {
         let format = KeyFormat::new("agk");
         let m = format.generate();
-        store
-            .create_key(NewKey {
-                record: KeyRecord {
-                    api_key_id: id.into(),
-                    inbox_id: "i".into(),
-                    pod_id: None,
-                    name: "n".into(),
-                    prefix: "p".into(),
-                    created_at_us: 1,
-                    used_at_us: None,
-                },
-                hash: m.hash,
-            })
-            .await
-            .unwrap();
+        store.add_key(id, "i", m.hash);
         let v = Verifier::new(
             format,
             &CacheConfig {

@@ -301,7 +301,6 @@ mod pipeline_tests {
 
     use super::*;
     use crate::store::memory::MemoryStore;
-    use crate::store::{KeyRecord, NewKey};
 
     fn cache() -> CacheConfig {
         CacheConfig {
@@ -316,21 +315,7 @@ mod pipeline_tests {
         let store = Arc::new(MemoryStore::default());
         let format = KeyFormat::new("agk");
         let m = format.generate();
-        store
-            .create_key(NewKey {
-                record: KeyRecord {
-                    api_key_id: "key_1".into(),
-                    inbox_id: "i@x".into(),
-                    pod_id: None,
-                    name: "n".into(),
-                    prefix: m.display_prefix.clone(),
-                    created_at_us: 1,
-                    used_at_us: None,
-                },
-                hash: m.hash,
-            })
-            .await
-            .unwrap();
+        store.add_key("key_1", "i@x", m.hash);
         let v = Verifier::new(
             format,
             &cache(),

@@ -31,6 +31,22 @@ impl MemoryStore {
         }
     }
 
+    /// Adds a key directly (test and benchmark set-up).
+    pub fn add_key(&self, api_key_id: &str, inbox_id: &str, hash: KeyHash) {
+        self.keys.lock().push(NewKey {
+            record: KeyRecord {
+                api_key_id: api_key_id.into(),
+                inbox_id: inbox_id.into(),
+                pod_id: None,
+                name: "test".into(),
+                prefix: "agk_test".into(),
+                created_at_us: 1,
+                used_at_us: None,
+            },
+            hash,
+        });
+    }
+
     /// The stored `used_at` of a key.
     pub fn used_at(&self, api_key_id: &str) -> Option<i64> {
         self.keys

@@ -96,6 +96,65 @@ impl Resp {
     }
 }
 
+fn header_value<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// Reads header lines up to the blank line; an early end of stream is an error.
+fn read_headers(r: &mut impl BufRead) -> std::io::Result<Vec<(String, String)>> {
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let h = h.trim_end_matches(['\r', '\n']);
+        if h.is_empty() {
+            return Ok(headers);
+        }
+        let (k, v) = h.split_once(':').unwrap_or((h, ""));
+        headers.push((k.trim().to_owned(), v.trim().to_owned()));
+    }
+}
+
+/// Reads a chunked or Content-Length body; `None` when the message has neither.
+fn read_framed_body(
+    r: &mut impl BufRead,
+    headers: &[(String, String)],
+) -> std::io::Result<Option<Vec<u8>>> {
+    if header_value(headers, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        let mut body = Vec::new();
+        loop {
+            let mut size = String::new();
+            if r.read_line(&mut size)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16)
+                .map_err(std::io::Error::other)?;
+            if n == 0 {
+                let mut end = String::new();
+                r.read_line(&mut end)?;
+                return Ok(Some(body));
+            }
+            let mut chunk = vec![0u8; n + 2];
+            r.read_exact(&mut chunk)?;
+            body.extend_from_slice(&chunk[..n]);
+        }
+    }
+    match header_value(headers, "content-length").and_then(|v| v.parse::<usize>().ok()) {
+        Some(n) => {
+            let mut body = vec![0u8; n];
+            r.read_exact(&mut body)?;
+            Ok(Some(body))
+        }
+        None => Ok(None),
+    }
+}
+
 /// Reads one HTTP/1.1 response from a buffered stream.
 pub fn read_response(r: &mut impl BufRead, head_request: bool) -> std::io::Result<Resp> {
     let mut line = String::new();
@@ -111,49 +170,19 @@ pub fn read_response(r: &mut impl BufRead, head_request: bool) -> std::io::Resul
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        r.read_line(&mut h)?;
-        let h = h.trim_end_matches(['\r', '\n']);
-        if h.is_empty() {
-            break;
-        }
-        let (k, v) = h.split_once(':').unwrap_or((h, ""));
-        headers.push((k.trim().to_owned(), v.trim().to_owned()));
-    }
-    let get = |n: &str| {
-        headers
-            .iter()
-            .find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(n))
-            .map(|(_, v)| v.clone())
-    };
-    let mut body = Vec::new();
-    if head_request || status == 204 || status == 304 || status / 100 == 1 {
-        // no body
-    } else if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        loop {
-            let mut size = String::new();
-            r.read_line(&mut size)?;
-            let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16)
-                .map_err(std::io::Error::other)?;
-            if n == 0 {
-                let mut end = String::new();
-                r.read_line(&mut end)?;
-                break;
-            }
-            let mut chunk = vec![0u8; n];
-            r.read_exact(&mut chunk)?;
-            body.extend_from_slice(&chunk);
-            let mut crlf = [0u8; 2];
-            r.read_exact(&mut crlf)?;
-        }
-    } else if let Some(n) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
-        body = vec![0u8; n];
-        r.read_exact(&mut body)?;
+    let headers = read_headers(r)?;
+    let body = if head_request || status == 204 || status == 304 || status / 100 == 1 {
+        Vec::new()
     } else {
-        r.read_to_end(&mut body)?;
-    }
+        match read_framed_body(r, &headers)? {
+            Some(body) => body,
+            None => {
+                let mut body = Vec::new();
+                r.read_to_end(&mut body)?;
+                body
+            }
+        }
+    };
     Ok(Resp {
         status,
         headers,
@@ -560,50 +589,13 @@ fn serve(conn: TcpStream, received: Arc<Mutex<Vec<Received>>>, mode: Mode) {
         let mut parts = line.split_whitespace();
         let method = parts.next().unwrap_or("").to_owned();
         let target = parts.next().unwrap_or("").to_owned();
-        let mut headers = Vec::new();
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end_matches(['\r', '\n']);
-            if h.is_empty() {
-                break;
-            }
-            let (k, v) = h.split_once(':').unwrap_or((h, ""));
-            headers.push((k.trim().to_owned(), v.trim().to_owned()));
-        }
-        let get = |n: &str| {
-            headers
-                .iter()
-                .find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(n))
-                .map(|(_, v)| v.clone())
+        let Ok(headers) = read_headers(&mut r) else {
+            return;
         };
-        let mut body = Vec::new();
-        if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-            loop {
-                let mut size = String::new();
-                if r.read_line(&mut size).unwrap_or(0) == 0 {
-                    return;
-                }
-                let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-                if n == 0 {
-                    let mut end = String::new();
-                    let _ = r.read_line(&mut end);
-                    break;
-                }
-                let mut chunk = vec![0u8; n + 2];
-                if r.read_exact(&mut chunk).is_err() {
-                    return;
-                }
-                body.extend_from_slice(&chunk[..n]);
-            }
-        } else if let Some(n) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
-            body = vec![0u8; n];
-            if r.read_exact(&mut body).is_err() {
-                return;
-            }
-        }
+        let Ok(body) = read_framed_body(&mut r, &headers) else {
+            return;
+        };
+        let body = body.unwrap_or_default();
         if target == "/healthz" {
             let _ = w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
             continue;
