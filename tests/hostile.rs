@@ -531,10 +531,7 @@ fn sigterm_under_load_finishes_in_flight_requests() {
         standard_auth_toml(),
         upstream_toml(&[up.addr], "")
     );
-    let mut g = Gateway::start_with(
-        &body.replace("grace_period_seconds = 1", "grace_period_seconds = 3"),
-        "",
-    );
+    let mut g = Gateway::start_with(&body, "grace_period_seconds = 3");
     let keys: Vec<(String, String)> = (0..8)
         .map(|i| {
             let k = g.create_key(SUPPORT, &format!("load{i}"));

@@ -261,7 +261,7 @@ impl Gateway {
 [server]
 listen = "127.0.0.1:{port}"
 threads = 2
-grace_period_seconds = 1
+{grace}
 graceful_shutdown_timeout_seconds = 1
 pid_file = "{dir}/gw.pid"
 upgrade_sock = "{dir}/gw.sock"
@@ -278,6 +278,11 @@ path = "{dir}/gateway.db"
 {body}
 "#,
             dir = dir.path().display(),
+            grace = if server_extra.contains("grace_period_seconds") {
+                ""
+            } else {
+                "grace_period_seconds = 1"
+            },
             usage = if body.contains("[usage]") {
                 ""
             } else {
