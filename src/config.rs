@@ -12,6 +12,7 @@ use crate::auth::scope::RouteTemplate;
 pub const DEFAULT_THREADS: usize = 2;
 pub const DEFAULT_GRACE_PERIOD_SECS: u64 = 10;
 pub const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECS: u64 = 5;
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_UPSTREAM_KEEPALIVE_POOL_SIZE: usize = 128;
 pub const DEFAULT_KEY_PREFIX: &str = "agk";
 pub const DEFAULT_CACHE_MAX_ENTRIES: u64 = 1_000_000;
@@ -87,6 +88,7 @@ struct FileServer {
     graceful_shutdown_timeout_seconds: Option<u64>,
     upstream_keepalive_pool_size: Option<usize>,
     work_stealing: Option<bool>,
+    header_read_timeout_ms: Option<u64>,
     pid_file: Option<String>,
     upgrade_sock: Option<String>,
     #[serde(default)]
@@ -237,6 +239,8 @@ pub struct ServerConfig {
     pub graceful_shutdown_timeout: Duration,
     pub upstream_keepalive_pool_size: usize,
     pub work_stealing: bool,
+    /// Total time a request head may take to arrive, from its first byte.
+    pub header_read_timeout: Duration,
     pub pid_file: Option<String>,
     pub upgrade_sock: Option<String>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -422,6 +426,13 @@ impl Validator<'_> {
             ),
             upstream_keepalive_pool_size: pool,
             work_stealing: s.work_stealing.unwrap_or(true),
+            header_read_timeout: Duration::from_millis(
+                self.positive(
+                    "server.header_read_timeout_ms",
+                    s.header_read_timeout_ms
+                        .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT_MS),
+                )?,
+            ),
             pid_file: s.pid_file,
             upgrade_sock: s.upgrade_sock,
             trusted_proxies,

@@ -9,6 +9,7 @@ pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod guard;
+pub mod header_deadline;
 pub mod keys;
 pub mod management;
 pub mod metrics;
@@ -149,10 +150,11 @@ pub fn build(config: Config) -> Result<Built, StartError> {
         ),
         trusted_proxies: client_ip::TrustedProxies::new(config.server.trusted_proxies.clone()),
     };
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        gateway,
-        "agentry-gateway",
+    let mut app = pingora::proxy::HttpProxy::new(gateway, server.configuration.clone());
+    app.handle_init_modules();
+    let mut proxy = Service::new(
+        "agentry-gateway".to_owned(),
+        header_deadline::HeaderDeadline::new(app, config.server.header_read_timeout),
     );
     proxy.add_tcp(&config.server.listen.to_string());
     server.add_service(proxy);

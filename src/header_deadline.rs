@@ -1,0 +1,285 @@
+//! A total deadline for reading each request head, against clients that dribble headers.
+//!
+//! Pingora 0.9 times each read of a request head separately (60 s), so a client sending one
+//! byte every 59 s holds a connection for hours. It offers no hook between accept and header
+//! parsing, so the deadline lives in the connection itself: `HeaderDeadline` wraps the proxy
+//! app and hands it a `DeadlineStream`. From the first byte of a request head, the whole head
+//! (up to its blank line) must arrive within the deadline or the read fails and the connection
+//! closes. The clock stops at the end of the head (bodies stream at their own pace) and
+//! starts again with the first byte after the response began.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
+    UniqueIDType,
+};
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// Wraps a server app so each connection's request heads are read against a deadline.
+pub struct HeaderDeadline<A> {
+    inner: Arc<A>,
+    limit: Duration,
+}
+
+impl<A> HeaderDeadline<A> {
+    pub fn new(inner: A, limit: Duration) -> HeaderDeadline<A> {
+        HeaderDeadline {
+            inner: Arc::new(inner),
+            limit,
+        }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        // A reused keep-alive connection comes back already wrapped.
+        let stream: Stream = if stream.as_any().is::<DeadlineStream>() {
+            stream
+        } else {
+            Box::new(DeadlineStream::new(stream, self.limit))
+        };
+        self.inner.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading a request head; `tail` holds the last bytes seen, to find the blank line
+    /// across reads.
+    Head { tail: [u8; 3], started: bool },
+    /// The head is complete: the body (if any) reads without a deadline.
+    Body,
+}
+
+/// A connection whose request heads must arrive within a deadline.
+pub struct DeadlineStream {
+    inner: Stream,
+    limit: Duration,
+    phase: Phase,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl std::fmt::Debug for DeadlineStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadlineStream")
+            .field("inner", &self.inner)
+            .field("phase", &self.phase)
+            .finish()
+    }
+}
+
+impl DeadlineStream {
+    fn new(inner: Stream, limit: Duration) -> DeadlineStream {
+        DeadlineStream {
+            inner,
+            limit,
+            phase: Phase::Head {
+                tail: [0; 3],
+                started: false,
+            },
+            timer: None,
+        }
+    }
+
+    /// Feeds freshly read bytes to the head scanner; the clock starts with the first byte.
+    fn saw(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.phase
+            == (Phase::Head {
+                tail: [0; 3],
+                started: false,
+            })
+        {
+            self.timer = Some(Box::pin(tokio::time::sleep_until(
+                Instant::now() + self.limit,
+            )));
+        }
+        self.phase = scan(self.phase, bytes);
+        if self.phase == Phase::Body {
+            self.timer = None;
+        }
+    }
+}
+
+/// Advances the head scanner over `bytes`: `Body` once a blank line (`\r\n\r\n` or `\n\n`)
+/// ends the head.
+fn scan(phase: Phase, bytes: &[u8]) -> Phase {
+    let Phase::Head { mut tail, .. } = phase else {
+        return phase;
+    };
+    for &b in bytes {
+        if b == b'\n' && (tail[1..] == [b'\n', b'\r'] || tail[2] == b'\n') {
+            return Phase::Body;
+        }
+        tail = [tail[1], tail[2], b];
+    }
+    Phase::Head {
+        tail,
+        started: true,
+    }
+}
+
+impl AsyncRead for DeadlineStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if self.phase != Phase::Body {
+                    self.as_mut().get_mut().saw(&buf.filled()[before..]);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if let Some(timer) = self.timer.as_mut() {
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "request head not received within the header deadline",
+                        )));
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl AsyncWrite for DeadlineStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        // A response is going out: whatever the client sends next starts a new head.
+        if self.phase == Phase::Body {
+            self.phase = Phase::Head {
+                tail: [0; 3],
+                started: false,
+            };
+        }
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.phase == Phase::Body {
+            self.phase = Phase::Head {
+                tail: [0; 3],
+                started: false,
+            };
+        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for DeadlineStream {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for DeadlineStream {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for DeadlineStream {}
+
+impl GetTimingDigest for DeadlineStream {
+    fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+}
+
+impl GetProxyDigest for DeadlineStream {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+}
+
+impl GetSocketDigest for DeadlineStream {
+    fn get_socket_digest(&self) -> Option<Arc<pingora::protocols::SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+}
+
+#[async_trait]
+impl Peek for DeadlineStream {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phase_after(chunks: &[&[u8]]) -> Phase {
+        chunks.iter().fold(
+            Phase::Head {
+                tail: [0; 3],
+                started: false,
+            },
+            |p, c| scan(p, c),
+        )
+    }
+
+    #[test]
+    fn finds_the_end_of_the_head_across_reads() {
+        assert_eq!(
+            phase_after(&[b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"]),
+            Phase::Body
+        );
+        assert_eq!(
+            phase_after(&[b"GET / HTTP/1.1\r\n", b"Host: x\r", b"\n\r", b"\n"]),
+            Phase::Body
+        );
+        assert_eq!(phase_after(&[b"GET / HTTP/1.1\n\n"]), Phase::Body);
+        assert!(matches!(
+            phase_after(&[b"GET / HTTP/1.1\r\nHost: x\r\n"]),
+            Phase::Head { started: true, .. }
+        ));
+    }
+}
