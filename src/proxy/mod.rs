@@ -27,6 +27,12 @@ use crate::management::{routes::is_management_path, ApiResponse, Management};
 use crate::metrics::{ManagementRoute, Metrics, Rejection, UpstreamError};
 use crate::upstream::Upstream;
 
+mod answers;
+mod request_id;
+
+use answers::*;
+pub use request_id::RequestIds;
+
 // Header names are `&'static str` where pingora inserts them: its case-preserving map then
 // takes them without allocating (a `HeaderName` would be copied and title-cased per request).
 pub const H_API_KEY_ID: &str = "x-agentry-api-key-id";
@@ -40,9 +46,6 @@ const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 const BEARER: HeaderValue = HeaderValue::from_static("Bearer");
 const HTTP: HeaderValue = HeaderValue::from_static("http");
 const NO_HEALTHY_BACKEND: ErrorType = ErrorType::Custom("no_healthy_backend");
-
-/// Longest client-supplied `X-Request-Id` that is kept.
-const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// The gateway: everything a request needs, built once at start-up.
 pub struct Gateway {
@@ -77,129 +80,6 @@ pub struct RequestCtx {
     request_id: Option<HeaderValue>,
     connect_retries: u8,
     retry_after: Option<u64>,
-}
-
-/// Request ids: kept from the client when well-formed, otherwise generated.
-pub struct RequestIds {
-    prefix: u64,
-    counter: std::sync::atomic::AtomicU64,
-}
-
-impl Default for RequestIds {
-    fn default() -> Self {
-        RequestIds {
-            prefix: rand::random(),
-            counter: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
-}
-
-impl RequestIds {
-    fn pick(&self, client: Option<&HeaderValue>) -> HeaderValue {
-        if let Some(v) = client {
-            let b = v.as_bytes();
-            if !b.is_empty()
-                && b.len() <= MAX_REQUEST_ID_LEN
-                && b.iter()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
-            {
-                return v.clone();
-            }
-        }
-        let n = self
-            .counter
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut buf = [0u8; 32];
-        hex::encode_to_slice(self.prefix.to_be_bytes(), &mut buf[..16]).expect("16 hex digits");
-        hex::encode_to_slice(n.to_be_bytes(), &mut buf[16..]).expect("16 hex digits");
-        HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
-    }
-}
-
-/// A JSON error of the proxy path: status and body, fixed per reason.
-struct ProxyError {
-    status: u16,
-    body: &'static str,
-    www_authenticate: bool,
-}
-
-const ERR_MISSING_AUTH: ProxyError = ProxyError {
-    status: 401,
-    body: r#"{"name":"AuthenticationError","code":"missing_authorization","message":"Authorization: Bearer <api key> is required"}"#,
-    www_authenticate: true,
-};
-const ERR_INVALID_KEY: ProxyError = ProxyError {
-    status: 401,
-    body: r#"{"name":"AuthenticationError","code":"invalid_api_key","message":"the API key is not valid"}"#,
-    www_authenticate: true,
-};
-const ERR_FORBIDDEN: ProxyError = ProxyError {
-    status: 403,
-    body: r#"{"name":"PermissionDeniedError","code":"forbidden_inbox","message":"the API key may not access this inbox"}"#,
-    www_authenticate: false,
-};
-const ERR_NO_ROUTE: ProxyError = ProxyError {
-    status: 404,
-    body: r#"{"name":"NotFoundError","code":"route_not_found","message":"no route matches this path"}"#,
-    www_authenticate: false,
-};
-const ERR_AUTH_UNAVAILABLE: ProxyError = ProxyError {
-    status: 503,
-    body: r#"{"name":"ServiceUnavailableError","code":"auth_unavailable","message":"the key store is unavailable; retry later"}"#,
-    www_authenticate: false,
-};
-const ERR_NO_BACKEND: ProxyError = ProxyError {
-    status: 503,
-    body: r#"{"name":"ServiceUnavailableError","code":"no_healthy_upstream","message":"no healthy upstream address"}"#,
-    www_authenticate: false,
-};
-const ERR_BAD_GATEWAY: ProxyError = ProxyError {
-    status: 502,
-    body: r#"{"name":"BadGatewayError","code":"upstream_error","message":"the upstream failed to answer"}"#,
-    www_authenticate: false,
-};
-const ERR_GATEWAY_TIMEOUT: ProxyError = ProxyError {
-    status: 504,
-    body: r#"{"name":"GatewayTimeoutError","code":"upstream_timeout","message":"the upstream did not answer in time"}"#,
-    www_authenticate: false,
-};
-const ERR_BAD_REQUEST: ProxyError = ProxyError {
-    status: 400,
-    body: r#"{"name":"BadRequestError","code":"bad_request","message":"the request could not be processed"}"#,
-    www_authenticate: false,
-};
-const ERR_RATE_LIMITED: ProxyError = ProxyError {
-    status: 429,
-    body: r#"{"name":"RateLimitError","code":"too_many_failed_authentications","message":"too many failed authentications from this client; retry later"}"#,
-    www_authenticate: false,
-};
-const ERR_KEY_IN_QUERY: ProxyError = ProxyError {
-    status: 400,
-    body: r#"{"name":"ValidationError","code":"credential_in_query","message":"API keys are not accepted in the query string; send Authorization: Bearer <key>"}"#,
-    www_authenticate: false,
-};
-const ERR_INTERNAL: ProxyError = ProxyError {
-    status: 500,
-    body: r#"{"name":"InternalError","code":"internal_error","message":"internal error"}"#,
-    www_authenticate: false,
-};
-
-fn error_json(name: &str, code: &str, message: &str) -> Bytes {
-    let body = serde_json::json!({ "name": name, "code": code, "message": message });
-    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
-}
-
-fn target_error_body(e: crate::auth::scope::TargetError) -> Bytes {
-    error_json("ValidationError", "bad_request_target", e.message())
-}
-
-/// Whether the request carries a body we would otherwise leave unread.
-fn has_body(req: &RequestHeader) -> bool {
-    req.headers.contains_key(header::TRANSFER_ENCODING)
-        || req
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0")
 }
 
 /// Whether a header name, with `_` read as `-`, is in the gateway's `x-agentry-` namespace.
@@ -717,16 +597,5 @@ mod tests {
                 "{n}"
             );
         }
-    }
-
-    #[test]
-    fn request_ids_keep_well_formed_and_replace_others() {
-        let ids = RequestIds::default();
-        let good = HeaderValue::from_static("abc-123.def:4_5");
-        assert_eq!(ids.pick(Some(&good)), good);
-        let bad = HeaderValue::from_static("a b");
-        let got = ids.pick(Some(&bad));
-        assert_eq!(got.len(), 32);
-        assert_ne!(ids.pick(None), ids.pick(None));
     }
 }
