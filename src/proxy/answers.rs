@@ -1,6 +1,8 @@
 //! The fixed JSON answers of the proxy path (refusals and upstream failures).
 
 use bytes::Bytes;
+
+use crate::auth::AuthFailure;
 use http::header;
 use pingora::http::RequestHeader;
 
@@ -88,4 +90,16 @@ pub(super) fn has_body(req: &RequestHeader) -> bool {
             .headers
             .get(header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// The answer to an authentication failure: every kind of bad key answers identically.
+pub(super) fn auth_answer(f: AuthFailure) -> &'static ProxyError {
+    match f {
+        AuthFailure::Missing => &ERR_MISSING_AUTH,
+        AuthFailure::StoreUnavailable => &ERR_AUTH_UNAVAILABLE,
+        AuthFailure::Duplicate
+        | AuthFailure::Malformed
+        | AuthFailure::Checksum
+        | AuthFailure::Unknown => &ERR_INVALID_KEY,
+    }
 }

@@ -246,19 +246,9 @@ impl Gateway {
     ) -> Result<bool> {
         let credential = match bearer_credential(&session.req_header().headers) {
             Ok(c) => c,
-            Err(AuthFailure::Missing) => {
-                return self
-                    .reject(
-                        session,
-                        ctx,
-                        Rejection::MissingAuthorization,
-                        &ERR_MISSING_AUTH,
-                    )
-                    .await
-            }
             Err(f) => {
                 return self
-                    .reject(session, ctx, f.rejection(), &ERR_INVALID_KEY)
+                    .reject(session, ctx, f.rejection(), auth_answer(f))
                     .await
             }
         };
@@ -280,19 +270,15 @@ impl Gateway {
         };
         let identity = match identity {
             Ok(id) => id,
-            Err(AuthFailure::StoreUnavailable) => {
+            // An outage is not the client's failure: it does not count towards its limit.
+            Err(f @ AuthFailure::StoreUnavailable) => {
                 return self
-                    .reject(
-                        session,
-                        ctx,
-                        Rejection::StoreUnavailable,
-                        &ERR_AUTH_UNAVAILABLE,
-                    )
+                    .reject(session, ctx, f.rejection(), auth_answer(f))
                     .await
             }
             Err(f) => {
                 return self
-                    .auth_failed(session, ctx, f.rejection(), &ERR_INVALID_KEY)
+                    .auth_failed(session, ctx, f.rejection(), auth_answer(f))
                     .await
             }
         };
