@@ -150,6 +150,11 @@ impl Verifier {
         }
     }
 
+    /// The key format this verifier accepts.
+    pub fn key_format(&self) -> &KeyFormat {
+        &self.format
+    }
+
     /// Verifies a presented key: the cache path, then the store on a miss.
     pub async fn verify(&self, key: &[u8]) -> Result<Arc<ApiKeyIdentity>, AuthFailure> {
         match self.check_cached(key).await? {

@@ -41,9 +41,9 @@ impl Endpoint {
     }
 }
 
-/// Whether a raw path belongs to the management API.
+/// Whether a raw path (query already split off) belongs to the management API.
 pub fn is_management_path(path: &[u8]) -> bool {
-    path == b"/human" || path.starts_with(b"/human/") || path.starts_with(b"/human?")
+    path == b"/human" || path.starts_with(b"/human/")
 }
 
 /// Checks an inbox id: 1 to 254 characters, no `/`, no control characters, not `.` or `..`.

@@ -238,11 +238,12 @@ impl Gateway {
         Ok(true)
     }
 
+    /// Authenticates and scopes a validated proxied request whose path is `raw_path()[..path_end]`.
     async fn proxy_request(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-        path: &[u8],
+        path_end: usize,
     ) -> Result<bool> {
         let credential = match bearer_credential(&session.req_header().headers) {
             Ok(c) => c,
@@ -282,18 +283,20 @@ impl Gateway {
                     .await
             }
         };
-        let Some((i, segment)) = self
-            .routes
-            .iter()
-            .enumerate()
-            .find_map(|(i, r)| r.template.match_path(path).map(|s| (i, s)))
-        else {
+        let matched = {
+            let path = &session.req_header().raw_path()[..path_end];
+            self.routes.iter().enumerate().find_map(|(i, r)| {
+                let segment = r.template.match_path(path)?;
+                Some((i, segment_equals(segment, identity.inbox_id.as_bytes())))
+            })
+        };
+        let Some((i, in_scope)) = matched else {
             return self
                 .reject(session, ctx, Rejection::NoRoute, &ERR_NO_ROUTE)
                 .await;
         };
         ctx.route = Some(i);
-        if !segment_equals(segment, identity.inbox_id.as_bytes()) {
+        if !in_scope {
             return self
                 .reject(session, ctx, Rejection::ForbiddenInbox, &ERR_FORBIDDEN)
                 .await;
@@ -346,9 +349,14 @@ impl ProxyHttp for Gateway {
                 .refuse(session, ctx, reason, (refusal.status, body, false), true)
                 .await;
         }
-        let raw = session.req_header().raw_path().to_vec();
-        let (path, query) = match split_target(&raw) {
-            Ok(pq) => pq,
+        // Work on the target where it lies (no copy on the proxy path): remember where the
+        // path ends and the query starts, and borrow the bytes again when needed.
+        let split = {
+            let raw = session.req_header().raw_path();
+            split_target(raw).map(|(path, query)| (path.len(), raw.len() - query.len()))
+        };
+        let (path_end, query_start) = match split {
+            Ok(bounds) => bounds,
             Err(e) => {
                 ctx.kind = Kind::Proxy;
                 let answer = (400, target_error_body(e), false);
@@ -357,7 +365,9 @@ impl ProxyHttp for Gateway {
                     .await;
             }
         };
-        if is_management_path(path) {
+        if is_management_path(&session.req_header().raw_path()[..path_end]) {
+            let raw = session.req_header().raw_path().to_vec();
+            let (path, query) = (&raw[..path_end], &raw[query_start..]);
             let ip = self.client_ip(session);
             if ip.is_some_and(|ip| self.limiter.is_blocked(&ip)) {
                 ctx.kind = Kind::Management(ManagementRoute::Other);
@@ -374,19 +384,26 @@ impl ProxyHttp for Gateway {
             return self.respond_management(session, ctx, r).await;
         }
         ctx.kind = Kind::Proxy;
-        if let Err(e) = validate_path(path).and_then(|_| validate_query(query)) {
-            let answer = (400, target_error_body(e), false);
-            return self
-                .refuse(session, ctx, Rejection::BadRequestTarget, answer, false)
-                .await;
-        }
-        if !query.is_empty() && self.management.key_format.appears_in(query) {
+        let key_in_query = {
+            let raw = session.req_header().raw_path();
+            let (path, query) = (&raw[..path_end], &raw[query_start..]);
+            validate_path(path)
+                .and_then(|_| validate_query(query))
+                .map(|_| !query.is_empty() && self.verifier.key_format().appears_in(query))
+        };
+        match key_in_query {
+            Err(e) => {
+                let answer = (400, target_error_body(e), false);
+                self.refuse(session, ctx, Rejection::BadRequestTarget, answer, false)
+                    .await
+            }
             // A key in a URL ends up in upstream and proxy logs: refuse rather than forward it.
-            return self
-                .reject(session, ctx, Rejection::BadRequestTarget, &ERR_KEY_IN_QUERY)
-                .await;
+            Ok(true) => {
+                self.reject(session, ctx, Rejection::BadRequestTarget, &ERR_KEY_IN_QUERY)
+                    .await
+            }
+            Ok(false) => self.proxy_request(session, ctx, path_end).await,
         }
-        self.proxy_request(session, ctx, path).await
     }
 
     async fn upstream_peer(
