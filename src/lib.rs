@@ -6,6 +6,7 @@ pub mod auth;
 pub mod client_ip;
 pub mod clock;
 pub mod config;
+pub mod demo_upstream;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod guard;

@@ -25,7 +25,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway.
-    Run,
+    Run {
+        /// Also answer on the first upstream group's addresses with a demo echo service, to
+        /// try the proxy path without an inbox service (quick start only).
+        #[arg(long)]
+        demo_upstream: bool,
+    },
     /// Validate a config file without starting.
     CheckConfig,
     /// Print a fresh management token (once) and the TOML lines that admit it.
@@ -50,7 +55,9 @@ fn main() -> ExitCode {
         .filter_module("pingora_load_balancing", log::LevelFilter::Info)
         .init();
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Run) {
+    match cli.command.unwrap_or(Command::Run {
+        demo_upstream: false,
+    }) {
         Command::NewToken { name } => {
             let token = generate_management_token();
             let hash = hex::encode(hash_secret(token.as_bytes()));
@@ -72,11 +79,11 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run => run(cli.config),
+        Command::Run { demo_upstream } => run(cli.config, demo_upstream),
     }
 }
 
-fn run(config: Option<PathBuf>) -> ExitCode {
+fn run(config: Option<PathBuf>, demo_upstream: bool) -> ExitCode {
     let config = match load(config) {
         Ok(c) => c,
         Err(e) => {
@@ -85,13 +92,26 @@ fn run(config: Option<PathBuf>) -> ExitCode {
         }
     };
     let listen = config.server.listen;
-    let built = match agentry_gateway::build(config) {
+    let demo_addrs = config
+        .upstreams
+        .first()
+        .map(|u| u.addresses.clone())
+        .unwrap_or_default();
+    let mut built = match agentry_gateway::build(config) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(1);
         }
     };
+    if demo_upstream {
+        for a in &demo_addrs {
+            log::warn!("demo upstream answering on {a} (--demo-upstream: for trying the gateway, not for production)");
+        }
+        built
+            .server
+            .add_service(agentry_gateway::demo_upstream::service(&demo_addrs));
+    }
     log::info!("agentry-gateway listening on {listen}");
     built.server.run(pingora::server::RunArgs::default());
     // The server has stopped: write whatever used_at marks are still pending.

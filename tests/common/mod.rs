@@ -242,6 +242,7 @@ pub struct Gateway {
     pub config_path: PathBuf,
     child: Option<Child>,
     starts: usize,
+    args: Vec<String>,
 }
 
 impl Gateway {
@@ -289,6 +290,18 @@ path = "{dir}/gateway.db"
                 "[usage]\nflush_interval_ms = 200\n"
             }
         );
+        Gateway::launch(dir, &config, port, mport, &[])
+    }
+
+    /// Starts the binary on a whole config text (which must listen on `port` and serve
+    /// metrics on `mport`), with extra arguments after `run --config FILE`.
+    pub fn launch(
+        dir: tempfile::TempDir,
+        config: &str,
+        port: u16,
+        mport: u16,
+        args: &[&str],
+    ) -> Gateway {
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, config).unwrap();
         let mut g = Gateway {
@@ -298,6 +311,7 @@ path = "{dir}/gateway.db"
             config_path,
             child: None,
             starts: 0,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         g.spawn();
         g
@@ -330,6 +344,7 @@ path = "{dir}/gateway.db"
         let child = Command::new(env!("CARGO_BIN_EXE_agentry-gateway"))
             .args(["run", "--config"])
             .arg(&self.config_path)
+            .args(&self.args)
             .env(
                 "RUST_LOG",
                 std::env::var("GATEWAY_TEST_LOG").unwrap_or("info".into()),
