@@ -62,9 +62,13 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// Reading a request head; `tail` holds the last bytes seen, to find the blank line
-    /// across reads.
-    Head { tail: [u8; 3], started: bool },
+    /// Waiting for the first byte of the next request head; no clock runs.
+    Fresh,
+    /// Reading a request head, on the clock. `in_request` turns true at the first byte that
+    /// is not CR or LF: the HTTP parser skips empty lines before a request line (RFC 9112
+    /// §2.2), so they must not be taken for the blank line that ends the head. `tail` holds
+    /// the last bytes of the request proper, to find its blank line across reads.
+    Head { tail: [u8; 3], in_request: bool },
     /// The head is complete: the body (if any) reads without a deadline.
     Body,
 }
@@ -91,10 +95,7 @@ impl DeadlineStream {
         DeadlineStream {
             inner,
             limit,
-            phase: Phase::Head {
-                tail: [0; 3],
-                started: false,
-            },
+            phase: Phase::Fresh,
             timer: None,
         }
     }
@@ -104,12 +105,7 @@ impl DeadlineStream {
         if bytes.is_empty() {
             return;
         }
-        if self.phase
-            == (Phase::Head {
-                tail: [0; 3],
-                started: false,
-            })
-        {
+        if self.phase == Phase::Fresh {
             self.timer = Some(Box::pin(tokio::time::sleep_until(
                 Instant::now() + self.limit,
             )));
@@ -122,21 +118,26 @@ impl DeadlineStream {
 }
 
 /// Advances the head scanner over `bytes`: `Body` once a blank line (`\r\n\r\n` or `\n\n`)
-/// ends the head.
+/// ends a head whose request line has begun; CR and LF before the request line are skipped.
 fn scan(phase: Phase, bytes: &[u8]) -> Phase {
-    let Phase::Head { mut tail, .. } = phase else {
-        return phase;
+    let (mut tail, mut in_request) = match phase {
+        Phase::Fresh => ([0; 3], false),
+        Phase::Head { tail, in_request } => (tail, in_request),
+        Phase::Body => return phase,
     };
     for &b in bytes {
+        if !in_request {
+            if b == b'\r' || b == b'\n' {
+                continue;
+            }
+            in_request = true;
+        }
         if b == b'\n' && (tail[1..] == [b'\n', b'\r'] || tail[2] == b'\n') {
             return Phase::Body;
         }
         tail = [tail[1], tail[2], b];
     }
-    Phase::Head {
-        tail,
-        started: true,
-    }
+    Phase::Head { tail, in_request }
 }
 
 impl AsyncRead for DeadlineStream {
@@ -177,10 +178,7 @@ impl AsyncWrite for DeadlineStream {
     ) -> Poll<std::io::Result<usize>> {
         // A response is going out: whatever the client sends next starts a new head.
         if self.phase == Phase::Body {
-            self.phase = Phase::Head {
-                tail: [0; 3],
-                started: false,
-            };
+            self.phase = Phase::Fresh;
         }
         Pin::new(&mut self.inner).poll_write(cx, data)
     }
@@ -199,10 +197,7 @@ impl AsyncWrite for DeadlineStream {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         if self.phase == Phase::Body {
-            self.phase = Phase::Head {
-                tail: [0; 3],
-                started: false,
-            };
+            self.phase = Phase::Fresh;
         }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
@@ -257,13 +252,7 @@ mod tests {
     use super::*;
 
     fn phase_after(chunks: &[&[u8]]) -> Phase {
-        chunks.iter().fold(
-            Phase::Head {
-                tail: [0; 3],
-                started: false,
-            },
-            |p, c| scan(p, c),
-        )
+        chunks.iter().fold(Phase::Fresh, |p, c| scan(p, c))
     }
 
     #[test]
@@ -279,7 +268,52 @@ mod tests {
         assert_eq!(phase_after(&[b"GET / HTTP/1.1\n\n"]), Phase::Body);
         assert!(matches!(
             phase_after(&[b"GET / HTTP/1.1\r\nHost: x\r\n"]),
-            Phase::Head { started: true, .. }
+            Phase::Head {
+                in_request: true,
+                ..
+            }
         ));
+    }
+
+    #[test]
+    fn empty_lines_before_the_request_line_do_not_end_the_head() {
+        for lead in [
+            &b"\r\n\r\n"[..],
+            b"\n\n",
+            b"\r\n",
+            b"\n",
+            b"\r\r\n\n",
+            b"\r\n\r\n\r\n\r\n\r\n\r\n",
+        ] {
+            assert_eq!(
+                phase_after(&[lead]),
+                Phase::Head {
+                    tail: [0; 3],
+                    in_request: false
+                },
+                "{lead:?}"
+            );
+            assert!(
+                matches!(
+                    phase_after(&[lead, b"GET / HTTP/1.1\r\n", b"Host: x\r\n"]),
+                    Phase::Head {
+                        in_request: true,
+                        ..
+                    }
+                ),
+                "{lead:?}"
+            );
+            // Byte by byte, too.
+            let mut all = lead.to_vec();
+            all.extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\n");
+            let chunks: Vec<&[u8]> = all.chunks(1).collect();
+            assert!(
+                matches!(phase_after(&chunks), Phase::Head { .. }),
+                "{lead:?}"
+            );
+            all.extend_from_slice(b"\r\n");
+            let chunks: Vec<&[u8]> = all.chunks(1).collect();
+            assert_eq!(phase_after(&chunks), Phase::Body, "{lead:?}");
+        }
     }
 }

@@ -635,3 +635,104 @@ fn a_dribbled_request_head_is_cut_off_by_the_header_deadline() {
     );
     assert_eq!(up.count(), 3);
 }
+
+/// Sends `bytes` in `pieces` parts `gap` apart; returns whether the gateway cut the connection
+/// before the last piece, and whatever it answered.
+fn dribble(
+    addr: std::net::SocketAddr,
+    bytes: &[u8],
+    pieces: usize,
+    gap: Duration,
+) -> (bool, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut cut_off = false;
+    for piece in bytes.chunks(bytes.len().div_ceil(pieces)) {
+        if s.write_all(piece).is_err() {
+            cut_off = true;
+            break;
+        }
+        std::thread::sleep(gap);
+    }
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    (cut_off, String::from_utf8_lossy(&rest).into_owned())
+}
+
+#[test]
+fn empty_lines_before_the_request_line_do_not_stop_the_header_deadline() {
+    let up = Upstream::start();
+    let body = format!(
+        "{}\n{}",
+        standard_auth_toml(),
+        upstream_toml(&[up.addr], "")
+    );
+    let g = Gateway::start_with(&body, "header_read_timeout_ms = 600");
+    let key = g.create_key(SUPPORT, "slow")["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let head = format!(
+        "GET {P} HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {key}\r\nX-Pad: aaaaaaaaaa\r\n\r\n"
+    );
+    // Each lead before a head dribbled over 2 s; all at once, from many connections.
+    let leads = [
+        "\r\n\r\n",
+        "\n\n",
+        "\r\n",
+        "\n",
+        "\r\r\n\n",
+        &"\r\n".repeat(40),
+    ];
+    let started = std::time::Instant::now();
+    let workers: Vec<_> = leads
+        .iter()
+        .flat_map(|lead| std::iter::repeat_n(lead.to_string(), 4))
+        .map(|lead| {
+            let raw = format!("{lead}{}", head);
+            let addr = g.addr;
+            std::thread::spawn(move || {
+                dribble(addr, raw.as_bytes(), 10, Duration::from_millis(200))
+            })
+        })
+        .collect();
+    for w in workers {
+        let (cut_off, text) = w.join().unwrap();
+        assert!(cut_off || !text.starts_with("HTTP/1.1 200"), "{text}");
+    }
+    // Only empty lines, slowly, forever: cut too.
+    let (cut_off, text) = dribble(
+        g.addr,
+        "\r\n".repeat(20).as_bytes(),
+        20,
+        Duration::from_millis(100),
+    );
+    assert!(cut_off || text.is_empty(), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(8));
+    assert_eq!(up.count(), 0, "{:?}", up.requests());
+
+    // A second request on a kept-alive connection, after a stray CRLF, is on the clock too.
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(g.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    assert_eq!(read_response(&mut r, false).unwrap().status, 200);
+    let mut cut_off = false;
+    let next = format!("\r\n{head}");
+    for piece in next.as_bytes().chunks(next.len() / 10 + 1) {
+        if s.write_all(piece).is_err() {
+            cut_off = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let second = read_response(&mut r, false);
+    assert!(cut_off || second.is_err(), "{:?}", second.map(|r| r.status));
+    assert_eq!(up.count(), 1);
+
+    // In time, leading empty lines are harmless: the request is served.
+    let rs = exchange(&g, &format!("\r\n\r\n{head}"));
+    assert_eq!(rs[0].status, 200);
+}
