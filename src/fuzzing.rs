@@ -19,7 +19,8 @@ pub fn key_parser(data: &[u8]) {
         assert!(data[4..].iter().all(u8::is_ascii_alphanumeric));
     }
     let _ = f.appears_in(data);
-    let _ = crate::store::cursor::decode("inbox", &String::from_utf8_lossy(data));
+    let key = crate::store::cursor::PageTokenKey::new(&[0u8; 32]);
+    let _ = crate::store::cursor::decode(&key, "inbox", &String::from_utf8_lossy(data));
 }
 
 /// Target validation and scope matching never panic, and an admitted path's inbox segment

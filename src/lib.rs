@@ -63,6 +63,28 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
     }
 }
 
+/// The page-token MAC key: the store's secret, generated from the OS RNG by whichever
+/// instance asks first.
+fn page_token_key(store: &dyn Store) -> Result<store::cursor::PageTokenKey, StartError> {
+    use rand::RngCore;
+    let mut candidate = vec![0u8; store::cursor::SECRET_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut candidate);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StartError::Server(format!("start-up runtime: {e}")))?;
+    let secret = rt.block_on(store.get_or_create_secret(store::cursor::SECRET_NAME, candidate))?;
+    if secret.len() < store::cursor::SECRET_LEN {
+        return Err(StartError::Store(store::StoreError::Unavailable(format!(
+            "stored secret {} is {} bytes; expected {}",
+            store::cursor::SECRET_NAME,
+            secret.len(),
+            store::cursor::SECRET_LEN
+        ))));
+    }
+    Ok(store::cursor::PageTokenKey::new(&secret))
+}
+
 /// Builds the pingora server with every service: proxy + management listener, metrics
 /// listener, used_at flusher and upstream health checks.
 pub fn build(config: Config) -> Result<Built, StartError> {
@@ -75,6 +97,7 @@ pub fn build(config: Config) -> Result<Built, StartError> {
     let metrics = Arc::new(Metrics::new(&route_names, &upstream_names));
     let store: Arc<dyn Store> = Arc::new(MeteredStore::new(open_store(&config)?, metrics.clone()));
 
+    let page_tokens = page_token_key(store.as_ref())?;
     let key_format = KeyFormat::new(&config.key_prefix);
     let verifier = Arc::new(Verifier::new(
         key_format.clone(),
@@ -131,6 +154,7 @@ pub fn build(config: Config) -> Result<Built, StartError> {
             ),
             key_format,
             clock: Default::default(),
+            page_tokens,
         },
         verifier,
         usage: usage.clone(),

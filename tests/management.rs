@@ -575,3 +575,100 @@ fn check_config_and_new_token() {
         "{err}"
     );
 }
+
+/// A page token built the way the seed built them: an unkeyed SHA-256 tag anyone can compute.
+fn unkeyed_token(inbox: &str, version: u8, created_at_us: i64, id: &str, tag_len: usize) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    let mut payload = vec![version];
+    payload.extend_from_slice(&created_at_us.to_be_bytes());
+    payload.extend_from_slice(id.as_bytes());
+    let mut h = sha2::Sha256::new();
+    h.update(b"agentry-gateway page token v1\0");
+    h.update(inbox.as_bytes());
+    h.update([0u8]);
+    h.update(&payload);
+    payload.extend_from_slice(&h.finalize()[..tag_len]);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(payload)
+}
+
+#[test]
+fn page_tokens_cannot_be_minted_or_moved_and_survive_restarts() {
+    let mut g = Gateway::start("");
+    let p = keys_path(SUPPORT);
+    for i in 0..5 {
+        g.create_key(SUPPORT, &format!("k{i}"));
+    }
+    let page = |g: &Gateway, q: &str| g.mgmt("GET", &format!("{p}?{q}"), ADMIN_TOKEN, None);
+    let first = page(&g, "limit=2");
+    let t = first.json()["next_page_token"].as_str().unwrap().to_owned();
+    let second = page(&g, &format!("limit=2&page_token={t}"));
+    assert_eq!(second.status, 200);
+    // Forged positions: the start of time, the far future, a real key's position, each with
+    // every tag an outsider can compute.
+    let real_id = first.json()["api_keys"][0]["api_key_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (at, id) in [
+        (0, "key_a"),
+        (i64::MAX, "key_zzzzzzzzzzzzzzzzzzzzzz"),
+        (4_000_000_000_000_000, real_id.as_str()),
+    ] {
+        for version in [1, 2] {
+            for tag_len in [8, 16] {
+                let forged = unkeyed_token(SUPPORT, version, at, id, tag_len);
+                let r = page(&g, &format!("page_token={forged}"));
+                assert_error(&r, 400, "ValidationError");
+                assert_eq!(
+                    r.json()["errors"][0]["path"],
+                    json!(["query", "page_token"])
+                );
+            }
+        }
+    }
+    // The secret lives in the store: a token outlives a restart.
+    g.sigterm();
+    g.restart();
+    let again = page(&g, &format!("limit=2&page_token={t}"));
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json()["api_keys"], second.json()["api_keys"]);
+    // Another deployment (another database, another secret) does not accept it.
+    let other = Gateway::start("");
+    for i in 0..5 {
+        other.create_key(SUPPORT, &format!("k{i}"));
+    }
+    let r = other.mgmt("GET", &format!("{p}?page_token={t}"), ADMIN_TOKEN, None);
+    assert_error(&r, 400, "ValidationError");
+}
+
+#[test]
+fn duplicate_members_and_long_unknown_parameters() {
+    let g = Gateway::start("");
+    let p = keys_path(SUPPORT);
+    for body in [
+        r#"{"name":5,"name":"ok"}"#,
+        r#"{"name":"ok","name":"ok"}"#,
+        r#"{"name":"a","name":"b"}"#,
+    ] {
+        let r = g.mgmt("POST", &p, ADMIN_TOKEN, Some(body));
+        let v = assert_error(&r, 400, "ValidationError");
+        assert!(
+            v["message"].as_str().unwrap().contains("duplicate member"),
+            "{v}"
+        );
+    }
+    assert_eq!(g.mgmt("GET", &p, ADMIN_TOKEN, None).json()["count"], 0);
+    // An unknown parameter name is echoed at most 24 characters long.
+    let name = format!("secret_{}", "x".repeat(60));
+    let r = g.mgmt("GET", &format!("{p}?{name}=1"), ADMIN_TOKEN, None);
+    let v = assert_error(&r, 400, "ValidationError");
+    assert!(!r.text().contains(&name));
+    let shown = format!("secret_{}…", "x".repeat(17));
+    assert_eq!(v["errors"][0]["path"], json!(["query", shown]));
+    let r = g.mgmt("GET", &format!("{p}?foo=1"), ADMIN_TOKEN, None);
+    assert_eq!(
+        assert_error(&r, 400, "ValidationError")["errors"][0]["path"],
+        json!(["query", "foo"])
+    );
+}

@@ -15,6 +15,7 @@ use crate::auth::Verifier;
 use crate::clock::MonotonicClock;
 use crate::keys::{random_id, KeyFormat};
 use crate::metrics::ManagementRoute;
+use crate::store::cursor::PageTokenKey;
 use crate::store::{cursor, Cursor, KeyRecord, NewKey, Store};
 use errors::{ApiError, NotFound};
 use principal::Principals;
@@ -73,6 +74,8 @@ pub struct Management {
     pub principals: Principals,
     pub key_format: KeyFormat,
     pub clock: MonotonicClock,
+    /// Signs and checks page tokens (HMAC under the store's secret).
+    pub page_tokens: cursor::PageTokenKey,
 }
 
 impl Management {
@@ -125,7 +128,7 @@ impl Management {
     }
 
     async fn list(&self, inbox_id: &str, query: &[u8]) -> Result<Vec<u8>, ApiError> {
-        let q = ListQuery::parse(inbox_id, query)?;
+        let q = ListQuery::parse(&self.page_tokens, inbox_id, query)?;
         let mut rows = self
             .store
             .list_keys(inbox_id, q.after.as_ref(), q.limit + 1)
@@ -134,6 +137,7 @@ impl Management {
             rows.truncate(q.limit);
             rows.last().map(|last| {
                 cursor::encode(
+                    &self.page_tokens,
                     inbox_id,
                     &Cursor {
                         created_at_us: last.created_at_us,
@@ -207,7 +211,7 @@ struct ListQuery {
 }
 
 impl ListQuery {
-    fn parse(inbox_id: &str, query: &[u8]) -> Result<ListQuery, ApiError> {
+    fn parse(tokens: &PageTokenKey, inbox_id: &str, query: &[u8]) -> Result<ListQuery, ApiError> {
         let mut limit: Option<usize> = None;
         let mut after: Option<Cursor> = None;
         let mut seen_token = false;
@@ -240,7 +244,7 @@ impl ListQuery {
                         ));
                     }
                     seen_token = true;
-                    after = Some(cursor::decode(inbox_id, &v).ok_or_else(|| {
+                    after = Some(cursor::decode(tokens, inbox_id, &v).ok_or_else(|| {
                         ApiError::validation(
                             &["query", "page_token"],
                             "page_token is not a token this endpoint issued for this inbox",
@@ -248,10 +252,13 @@ impl ListQuery {
                     })?);
                 }
                 other => {
+                    // Echo at most a short, printable prefix of an unknown name: clients do
+                    // put secrets in URLs, and an error body must not hand one back.
+                    let shown = echo_safe(other);
                     return Err(ApiError::validation(
-                        &["query", other],
-                        format!("unknown query parameter {other:?} (allowed: limit, page_token)"),
-                    ))
+                        &["query", &shown],
+                        format!("unknown query parameter {shown:?} (allowed: limit, page_token)"),
+                    ));
                 }
             }
         }
@@ -260,6 +267,22 @@ impl ListQuery {
             after,
         })
     }
+}
+
+/// Longest unknown query-parameter name echoed back in an error, in characters.
+const MAX_ECHOED_NAME_CHARS: usize = 24;
+
+/// A short, printable prefix of client text that is safe to echo in an error body.
+fn echo_safe(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(MAX_ECHOED_NAME_CHARS)
+        .collect();
+    if out.len() < text.len() {
+        out.push('…');
+    }
+    out
 }
 
 /// Splits `a=1&b=2` into decoded pairs (`+` is a space, as in HTML forms).
@@ -323,7 +346,7 @@ async fn read_create_body(session: &mut Session) -> Result<String, ApiError> {
 
 /// Validates a create body; errors name the field.
 pub fn parse_create_body(body: &[u8]) -> Result<String, ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(body)
+    let value = strict_json::parse(body)
         .map_err(|e| ApiError::validation(&["body"], format!("body is not valid JSON: {e}")))?;
     let serde_json::Value::Object(map) = value else {
         return Err(ApiError::validation(
@@ -385,6 +408,77 @@ pub fn parse_create_body(body: &[u8]) -> Result<String, ApiError> {
     }
 }
 
+/// JSON parsing that refuses duplicate object members (RFC 8259 leaves them undefined;
+/// parsers disagree on which one wins, so a strict API refuses them).
+mod strict_json {
+    use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+    use serde_json::{Map, Value};
+
+    struct Strict(Value);
+
+    impl<'de> Deserialize<'de> for Strict {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Strict, D::Error> {
+            d.deserialize_any(StrictVisitor)
+        }
+    }
+
+    struct StrictVisitor;
+
+    impl<'de> Visitor<'de> for StrictVisitor {
+        type Value = Strict;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Strict, E> {
+            Ok(Strict(Value::Bool(v)))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Strict, E> {
+            Ok(Strict(Value::from(v)))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Strict, E> {
+            Ok(Strict(Value::from(v)))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Strict, E> {
+            Ok(Strict(Value::from(v)))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Strict, E> {
+            Ok(Strict(Value::String(v.to_owned())))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Strict, E> {
+            Ok(Strict(Value::String(v)))
+        }
+        fn visit_unit<E>(self) -> Result<Strict, E> {
+            Ok(Strict(Value::Null))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
+            let mut out = Vec::new();
+            while let Some(Strict(v)) = seq.next_element()? {
+                out.push(v);
+            }
+            Ok(Strict(Value::Array(out)))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
+            let mut out = Map::new();
+            while let Some(k) = map.next_key::<String>()? {
+                if out.contains_key(&k) {
+                    return Err(serde::de::Error::custom(format_args!(
+                        "duplicate member {k:?}"
+                    )));
+                }
+                let Strict(v) = map.next_value()?;
+                out.insert(k, v);
+            }
+            Ok(Strict(Value::Object(out)))
+        }
+    }
+
+    /// Parses `bytes` as one JSON value; duplicate members anywhere are an error.
+    pub fn parse(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+        serde_json::from_slice::<Strict>(bytes).map(|s| s.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,14 +506,47 @@ mod tests {
         assert_eq!(err(&long).1, [["body", "name"]]);
         let ok = format!(r#"{{"name":"{}"}}"#, "é".repeat(256));
         assert!(parse_create_body(ok.as_bytes()).is_ok());
+        // Duplicate members are refused at any depth, whichever value comes last.
+        for dup in [
+            r#"{"name":5,"name":"ok"}"#,
+            r#"{"name":"ok","name":"ok"}"#,
+            r#"{"name":"ok","x":{"a":1,"a":2}}"#,
+            r#"{"name":"ok","x":[{"a":1,"a":1}]}"#,
+            r#"{"name":"ok","\u006eame":"ok"}"#,
+        ] {
+            let (msg, paths) = err(dup);
+            assert_eq!(paths, [["body"]], "{dup}");
+            assert!(msg.contains("duplicate member"), "{dup}: {msg}");
+        }
         let (msg, paths) = err(r#"{"name":"a","expires_at":"2027"}"#);
         assert_eq!(paths, [["body", "expires_at"]]);
         assert!(msg.contains("expires_at"));
     }
 
+    fn test_tokens() -> PageTokenKey {
+        PageTokenKey::new(&[1u8; 32])
+    }
+
+    #[test]
+    fn unknown_query_names_are_echoed_short() {
+        assert_eq!(echo_safe("foo"), "foo");
+        let long = format!("agk_{}", "A".repeat(49));
+        let shown = echo_safe(&long);
+        assert_eq!(shown, format!("agk_{}…", "A".repeat(20)));
+        assert_eq!(echo_safe("a\u{0}b\u{7f}c"), "abc…");
+        match ListQuery::parse(&test_tokens(), "i", long.as_bytes()) {
+            Err(ApiError::Validation { message, errors }) => {
+                assert!(!message.contains(&long));
+                assert_eq!(errors[0].path, ["query".to_owned(), shown.clone()]);
+                assert!(message.contains(&shown), "{message}");
+            }
+            _ => panic!("an unknown parameter must be a validation error"),
+        }
+    }
+
     #[test]
     fn query_parsing() {
-        let q = ListQuery::parse("i", b"limit=5").unwrap();
+        let q = ListQuery::parse(&test_tokens(), "i", b"limit=5").unwrap();
         assert_eq!(q.limit, 5);
         for bad in [
             &b"limit=0"[..],
@@ -433,7 +560,7 @@ mod tests {
             b"foo=1",
         ] {
             assert!(
-                ListQuery::parse("i", bad).is_err(),
+                ListQuery::parse(&test_tokens(), "i", bad).is_err(),
                 "{}",
                 String::from_utf8_lossy(bad)
             );

@@ -12,6 +12,7 @@ use crate::keys::KeyHash;
 #[derive(Default)]
 pub struct MemoryStore {
     keys: Mutex<Vec<NewKey>>,
+    secrets: Mutex<std::collections::HashMap<String, Vec<u8>>>,
     /// Every `find_by_hash` call.
     pub lookups: AtomicUsize,
     /// Every `record_usage` call.
@@ -135,6 +136,20 @@ impl Store for MemoryStore {
             }
         }
         Ok(())
+    }
+
+    async fn get_or_create_secret(
+        &self,
+        name: &str,
+        candidate: Vec<u8>,
+    ) -> Result<Vec<u8>, StoreError> {
+        self.check()?;
+        Ok(self
+            .secrets
+            .lock()
+            .entry(name.to_owned())
+            .or_insert(candidate)
+            .clone())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -64,6 +64,14 @@ impl Store for MeteredStore {
         self.count(StoreOp::RecordUsage, r)
     }
 
+    async fn get_or_create_secret(
+        &self,
+        name: &str,
+        candidate: Vec<u8>,
+    ) -> Result<Vec<u8>, StoreError> {
+        self.inner.get_or_create_secret(name, candidate).await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let r = self.inner.ping().await;
         self.count(StoreOp::Ping, r)

@@ -84,6 +84,14 @@ pub trait Store: Send + Sync + 'static {
     /// Writes `used_at` marks in one transaction, never moving a key's `used_at` backwards.
     async fn record_usage(&self, marks: &[(String, i64)]) -> Result<(), StoreError>;
 
+    /// The secret stored under `name`; when there is none yet, stores `candidate` and returns
+    /// it. Every instance on one database gets the same secret, whoever stored it first.
+    async fn get_or_create_secret(
+        &self,
+        name: &str,
+        candidate: Vec<u8>,
+    ) -> Result<Vec<u8>, StoreError>;
+
     /// Checks that the store answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 }

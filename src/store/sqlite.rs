@@ -22,7 +22,8 @@ const FILE_CHECK_INTERVAL_US: i64 = 250_000;
 const BUSY_TIMEOUT_MS: u32 = 5000;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE api_keys (
     api_key_id    TEXT PRIMARY KEY NOT NULL,
     inbox_id      TEXT NOT NULL,
@@ -34,7 +35,14 @@ CREATE TABLE api_keys (
     used_at_us    INTEGER
 );
 CREATE INDEX api_keys_by_inbox ON api_keys (inbox_id, created_at_us DESC, api_key_id DESC);
-"#];
+"#,
+    r#"
+CREATE TABLE gateway_secrets (
+    name  TEXT PRIMARY KEY NOT NULL,
+    value BLOB NOT NULL
+);
+"#,
+];
 
 pub struct SqliteStore {
     inner: Arc<Inner>,
@@ -208,6 +216,29 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn get_or_create_secret(
+        &self,
+        name: &str,
+        candidate: Vec<u8>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let name = name.to_owned();
+        self.run(move |db| {
+            let conn = db.writer.lock();
+            conn.execute(
+                "INSERT OR IGNORE INTO gateway_secrets (name, value) VALUES (?1, ?2)",
+                params![name, candidate],
+            )
+            .map_err(unavailable)?;
+            conn.query_row(
+                "SELECT value FROM gateway_secrets WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .map_err(unavailable)
+        })
+        .await
+    }
+
     async fn create_key(&self, key: NewKey) -> Result<(), StoreError> {
         self.run(move |db| {
             let conn = db.writer.lock();
