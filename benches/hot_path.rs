@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 
-use agentry_gateway::auth::scope::{segment_equals, validate_path, RouteTemplate};
 use agentry_gateway::auth::usage::UsageRecorder;
 use agentry_gateway::auth::Verifier;
 use agentry_gateway::config::CacheConfig;
@@ -14,6 +13,7 @@ use agentry_gateway::keys::KeyFormat;
 use agentry_gateway::metrics::Metrics;
 use agentry_gateway::store::sqlite::SqliteStore;
 use agentry_gateway::store::{KeyRecord, NewKey, Store};
+use agentry_gateway::target::{segment_equals, validate_path, RouteTemplate};
 
 struct Fixture {
     _dir: tempfile::TempDir,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::auth::scope::RouteTemplate;
+use crate::target::RouteTemplate;
 
 pub const DEFAULT_THREADS: usize = 2;
 pub const DEFAULT_GRACE_PERIOD_SECS: u64 = 10;
@@ -606,8 +606,7 @@ impl Validator<'_> {
                 let mut map = BTreeMap::new();
                 for (i, inbox) in d.inboxes.into_iter().enumerate() {
                     let field = format!("inbox_directory.inboxes[{i}].inbox_id");
-                    if let Err(msg) = crate::management::routes::validate_inbox_id(&inbox.inbox_id)
-                    {
+                    if let Err(msg) = crate::target::inbox_id::validate(&inbox.inbox_id) {
                         return Err(self.err(field, msg));
                     }
                     if inbox.pod_id.as_deref() == Some("") {

@@ -2,10 +2,8 @@
 //! Called by the cargo-fuzz targets in `fuzz/` and by `tests/fuzz_corpus.rs`, which replays
 //! the committed corpora in `cargo test`.
 
-use crate::auth::scope::{
-    segment_equals, split_target, validate_path, validate_query, RouteTemplate,
-};
 use crate::keys::KeyFormat;
+use crate::target::{segment_equals, split_target, validate_path, validate_query, RouteTemplate};
 
 /// Key parsing never panics; accepted keys have the exact shape and re-check.
 pub fn key_parser(data: &[u8]) {
@@ -18,7 +16,7 @@ pub fn key_parser(data: &[u8]) {
         assert!(data.starts_with(b"agk_"));
         assert!(data[4..].iter().all(u8::is_ascii_alphanumeric));
     }
-    let _ = f.appears_in(data);
+    let _ = f.appears_in_url(data);
     let key = crate::store::cursor::PageTokenKey::new(&[0u8; 32]);
     let _ = crate::store::cursor::decode(&key, "inbox", &String::from_utf8_lossy(data));
 }
@@ -35,7 +33,7 @@ pub fn path_scope(data: &[u8]) {
     }
     let template = RouteTemplate::parse("/v0/inboxes/{inbox_id}").expect("static template");
     if let Some(seg) = template.match_path(path) {
-        let decoded = crate::auth::scope::decode_segment(seg);
+        let decoded = crate::target::decode_segment(seg);
         assert!(
             !decoded.contains(&b'/'),
             "admitted segment decodes to a slash"

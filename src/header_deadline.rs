@@ -73,11 +73,60 @@ enum Phase {
     Body,
 }
 
+/// The request line of the head being read, as the client sent it: pingora rewrites some
+/// malformed lines before parsing (it percent-encodes spaces, controls, `"<>` and non-ASCII
+/// bytes in the target, and drops a `#` fragment), so only the raw bytes tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RequestLine {
+    /// Not started (empty lines before it are skipped).
+    Before,
+    /// Reading it: spaces seen, and whether a byte pingora would rewrite was seen.
+    Reading { spaces: u8, bad: bool },
+    /// Ended: whether it was `METHOD SP target SP version` with only plain bytes.
+    Done { ok: bool },
+}
+
+/// Advances the request-line check over `bytes`.
+fn scan_line(mut state: RequestLine, bytes: &[u8]) -> RequestLine {
+    for &b in bytes {
+        state = match state {
+            RequestLine::Done { .. } => return state,
+            RequestLine::Before if b == b'\r' || b == b'\n' => RequestLine::Before,
+            RequestLine::Before => RequestLine::Reading {
+                spaces: 0,
+                bad: !plain_line_byte(b),
+            },
+            RequestLine::Reading { spaces, bad } => match b {
+                b'\n' => RequestLine::Done {
+                    ok: !bad && spaces == 2,
+                },
+                b' ' => RequestLine::Reading {
+                    spaces: spaces.saturating_add(1),
+                    bad,
+                },
+                // A CR is fine only right before the LF; the parser refuses any other.
+                b'\r' => RequestLine::Reading { spaces, bad },
+                _ => RequestLine::Reading {
+                    spaces,
+                    bad: bad || !plain_line_byte(b),
+                },
+            },
+        };
+    }
+    state
+}
+
+/// Bytes of a request line (besides its two spaces) that pingora takes as they are.
+fn plain_line_byte(b: u8) -> bool {
+    (0x21..0x7f).contains(&b) && !matches!(b, b'#' | b'"' | b'<' | b'>')
+}
+
 /// A connection whose request heads must arrive within a deadline.
 pub struct DeadlineStream {
     inner: Stream,
     limit: Duration,
     phase: Phase,
+    line: RequestLine,
     timer: Option<Pin<Box<Sleep>>>,
 }
 
@@ -96,6 +145,7 @@ impl DeadlineStream {
             inner,
             limit,
             phase: Phase::Fresh,
+            line: RequestLine::Before,
             timer: None,
         }
     }
@@ -110,10 +160,20 @@ impl DeadlineStream {
                 Instant::now() + self.limit,
             )));
         }
+        self.line = scan_line(self.line, bytes);
         self.phase = scan(self.phase, bytes);
         if self.phase == Phase::Body {
             self.timer = None;
         }
+    }
+}
+
+impl DeadlineStream {
+    /// Whether the request line of the head just read was sent as pingora parsed it:
+    /// `METHOD SP target SP version`, no byte in it that pingora would rewrite. True while
+    /// no head has been read.
+    pub fn request_line_was_plain(&self) -> bool {
+        !matches!(self.line, RequestLine::Done { ok: false })
     }
 }
 
@@ -179,6 +239,7 @@ impl AsyncWrite for DeadlineStream {
         // A response is going out: whatever the client sends next starts a new head.
         if self.phase == Phase::Body {
             self.phase = Phase::Fresh;
+            self.line = RequestLine::Before;
         }
         Pin::new(&mut self.inner).poll_write(cx, data)
     }
@@ -198,6 +259,7 @@ impl AsyncWrite for DeadlineStream {
     ) -> Poll<std::io::Result<usize>> {
         if self.phase == Phase::Body {
             self.phase = Phase::Fresh;
+            self.line = RequestLine::Before;
         }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
@@ -273,6 +335,52 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    fn line_after(chunks: &[&[u8]]) -> RequestLine {
+        chunks
+            .iter()
+            .fold(RequestLine::Before, |l, c| scan_line(l, c))
+    }
+
+    #[test]
+    fn request_lines_pingora_would_rewrite_are_seen() {
+        for ok in [
+            &b"GET /a?b=c HTTP/1.1\r\n"[..],
+            b"\r\n\r\nPOST /x HTTP/1.0\n",
+            b"GET /a|{}^`\\ HTTP/1.1\r\n",
+        ] {
+            assert_eq!(line_after(&[ok]), RequestLine::Done { ok: true }, "{ok:?}");
+            let bytes: Vec<&[u8]> = ok.chunks(1).collect();
+            assert_eq!(line_after(&bytes), RequestLine::Done { ok: true });
+        }
+        for bad in [
+            &b"GET /a#f HTTP/1.1\r\n"[..],
+            b"GET /a b HTTP/1.1\r\n",
+            b"GET /a  HTTP/1.1\r\n",
+            b"GET  /a HTTP/1.1\r\n",
+            b"GET /a\tHTTP/1.1\r\n",
+            b"GET /a\x00 HTTP/1.1\r\n",
+            b"GET /\xc3\xa9 HTTP/1.1\r\n",
+            b"GET /a\x7f HTTP/1.1\r\n",
+            b"GET /<a> HTTP/1.1\r\n",
+            b"GET /\"a HTTP/1.1\r\n",
+            b"GET /a HTTP/1.1 \r\n",
+            b"GET /a\n",
+        ] {
+            assert_eq!(
+                line_after(&[bad]),
+                RequestLine::Done { ok: false },
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            line_after(&[b"GET /a HTTP/1.1"]),
+            RequestLine::Reading {
+                spaces: 2,
+                bad: false
+            }
+        );
     }
 
     #[test]

@@ -91,12 +91,78 @@ impl KeyFormat {
 }
 
 impl KeyFormat {
-    /// Whether `text` holds a well-formed key of this format anywhere (e.g. in a query string).
-    pub fn appears_in(&self, text: &[u8]) -> bool {
-        let p = self.prefix.as_bytes();
-        (0..text.len().saturating_sub(self.total_len - 1))
-            .any(|i| text[i..].starts_with(p) && self.check(&text[i..i + self.total_len]).is_ok())
+    /// Whether `text` holds a well-formed key of this format anywhere (prefix, shape and
+    /// checksum), read as it is or percent-decoded any number of times over (`%61gk_`,
+    /// `agk%5F`, `%2561gk_`, a fully `%XX`-encoded key): an upstream or a log reader that
+    /// decodes would see the key. Hand-written rather than `percent-encoding`, because it runs
+    /// on every request's target and must not allocate.
+    pub fn appears_in_url(&self, text: &[u8]) -> bool {
+        if text.len() < self.total_len {
+            return false;
+        }
+        let first = self.prefix.as_bytes()[0];
+        (0..=text.len() - self.total_len)
+            .filter(|&i| text[i] == first || text[i] == b'%')
+            .any(|i| self.key_starts_at(text, i))
     }
+
+    /// Whether a key, decoded byte by byte with `decoded_at`, starts at `text[i]`.
+    fn key_starts_at(&self, text: &[u8], mut i: usize) -> bool {
+        let signed_len = self.total_len - CHECKSUM_CHARS;
+        let mut crc = crc32fast::Hasher::new();
+        let mut checksum = [0u8; CHECKSUM_CHARS];
+        for n in 0..self.total_len {
+            let Some((b, next)) = decoded_at(text, i, 0) else {
+                return false;
+            };
+            let fits = match n {
+                n if n < self.prefix.len() => b == self.prefix.as_bytes()[n],
+                n if n == self.prefix.len() => b == b'_',
+                _ => b.is_ascii_alphanumeric(),
+            };
+            if !fits {
+                return false;
+            }
+            if n < signed_len {
+                crc.update(&[b]);
+            } else {
+                checksum[n - signed_len] = b;
+            }
+            i = next;
+        }
+        encode_checksum(crc.finalize()) == checksum
+    }
+}
+
+/// The byte at `text[i]` after percent-decoding, and where the next one starts. An escape's
+/// hex digits may themselves be escaped, and an escape may decode to `%` that starts another
+/// (double encoding): both are followed, up to a small depth.
+fn decoded_at(text: &[u8], i: usize, depth: u8) -> Option<(u8, usize)> {
+    let b = *text.get(i)?;
+    if b != b'%' || depth > 3 {
+        return Some((b, i + 1));
+    }
+    let mut value = b'%';
+    let mut next = i + 1;
+    // Each round reads two hex digits (each possibly escaped) after a `%`.
+    while value == b'%' {
+        let Some((h, j)) = decoded_at(text, next, depth + 1) else {
+            break;
+        };
+        let Some((l, k)) = decoded_at(text, j, depth + 1) else {
+            break;
+        };
+        let (Some(h), Some(l)) = (hex_digit(h), hex_digit(l)) else {
+            break;
+        };
+        value = h << 4 | l;
+        next = k;
+    }
+    Some((value, next))
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
 }
 
 fn encode_checksum(mut crc: u32) -> [u8; CHECKSUM_CHARS] {
@@ -182,11 +248,11 @@ mod tests {
     fn keys_are_found_inside_text() {
         let f = KeyFormat::new("agk");
         let k = f.generate().plaintext;
-        assert!(f.appears_in(format!("a=1&api_key={k}&b=2").as_bytes()));
-        assert!(f.appears_in(k.as_bytes()));
-        assert!(!f.appears_in(&format!("x={}", &k[..k.len() - 1]).into_bytes()));
-        assert!(!f.appears_in(b"agk_agk_"));
-        assert!(!f.appears_in(b""));
+        assert!(f.appears_in_url(format!("a=1&api_key={k}&b=2").as_bytes()));
+        assert!(f.appears_in_url(k.as_bytes()));
+        assert!(!f.appears_in_url(&format!("x={}", &k[..k.len() - 1]).into_bytes()));
+        assert!(!f.appears_in_url(b"agk_agk_"));
+        assert!(!f.appears_in_url(b""));
     }
 
     #[test]
@@ -211,5 +277,71 @@ mod tests {
         let id = random_id("key");
         assert_eq!(id.len(), 26);
         assert!(id[4..].bytes().all(|b| b.is_ascii_alphanumeric()));
+    }
+
+    fn encode_all(s: &str, upper: bool) -> String {
+        s.bytes()
+            .map(|b| {
+                if upper {
+                    format!("%{b:02X}")
+                } else {
+                    format!("%{b:02x}")
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn keys_are_found_in_urls_however_they_are_encoded() {
+        let f = KeyFormat::new("agk");
+        let k = f.generate().plaintext;
+        let rest = &k[4..];
+        let spellings = [
+            k.clone(),
+            format!("agk%5F{rest}"),
+            format!("agk%5f{rest}"),
+            format!("%61gk_{rest}"),
+            format!("%61%67%6B%5F{rest}"),
+            encode_all(&k, true),
+            encode_all(&k, false),
+            // Double and mixed encodings: what an upstream that decodes twice would see.
+            format!("%2561gk_{rest}"),
+            format!("%25%36%31gk_{rest}"),
+            format!("%252561gk_{rest}"),
+            encode_all(&encode_all(&k, true), false),
+            // One character of the body encoded, in the middle and at the checksum.
+            format!("{}%{:02X}{}", &k[..20], k.as_bytes()[20], &k[21..]),
+            format!("{}%{:02x}", &k[..k.len() - 1], k.as_bytes()[k.len() - 1]),
+        ];
+        for (i, sp) in spellings.iter().enumerate() {
+            for (before, after) in [
+                ("", ""),
+                ("/v0/inboxes/x/", "/y"),
+                ("a=1&k=", "&b=2"),
+                ("%", "%"),
+                ("agk_", "agk"),
+            ] {
+                let text = format!("{before}{sp}{after}");
+                assert!(f.appears_in_url(text.as_bytes()), "spelling {i}: {text}");
+            }
+        }
+        // Near misses: a wrong checksum, a wrong prefix case, a broken escape, a short key.
+        let mut bad = k.clone().into_bytes();
+        let last = bad.len() - 1;
+        bad[last] = if bad[last] == b'a' { b'b' } else { b'a' };
+        let bad = String::from_utf8(bad).unwrap();
+        for text in [
+            bad.clone(),
+            encode_all(&bad, true),
+            format!("AGK_{rest}"),
+            format!("%41gk_{rest}"),
+            format!("agk%5G{rest}"),
+            format!("agk%5{rest}"),
+            k[..k.len() - 1].to_owned(),
+            "%".repeat(200),
+            "%25".repeat(200),
+        ] {
+            assert!(!f.appears_in_url(text.as_bytes()), "{text}");
+        }
     }
 }

@@ -16,6 +16,7 @@ pub mod management;
 pub mod metrics;
 pub mod proxy;
 pub mod store;
+pub mod target;
 pub mod upstream;
 
 use std::sync::Arc;

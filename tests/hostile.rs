@@ -736,3 +736,174 @@ fn empty_lines_before_the_request_line_do_not_stop_the_header_deadline() {
     let rs = exchange(&g, &format!("\r\n\r\n{head}"));
     assert_eq!(rs[0].status, 200);
 }
+
+fn encode_all(s: &str) -> String {
+    s.bytes().map(|b| format!("%{b:02X}")).collect()
+}
+
+#[test]
+fn a_key_anywhere_in_the_url_is_refused_and_never_logged() {
+    let (g, up) = setup();
+    let key = new_key(&g);
+    let auth = format!("Bearer {key}");
+    let rest = &key[4..];
+    let spellings = [
+        key.clone(),
+        format!("agk%5F{rest}"),
+        format!("%61gk_{rest}"),
+        encode_all(&key),
+        encode_all(&key).to_lowercase(),
+        format!("%2561gk_{rest}"),
+        format!("{}%{:02X}{}", &key[..30], key.as_bytes()[30], &key[31..]),
+    ];
+    let mut cases = Vec::new();
+    for sp in &spellings {
+        // In the query, in values and names, and in the path (where escapes are allowed).
+        cases.push((format!("{P}/m?k={sp}"), "credential_in_query"));
+        cases.push((format!("{P}/m?a=1&{sp}=1"), "credential_in_query"));
+        cases.push((format!("{P}/m?{sp}"), "credential_in_query"));
+        if !sp.contains("%25") {
+            cases.push((format!("{P}/{sp}"), "credential_in_path"));
+            cases.push((format!("{P}/x{sp}y/z"), "credential_in_path"));
+        }
+        cases.push((
+            format!("/human/v0/inboxes/{SUPPORT}/api-keys?k={sp}"),
+            "credential_in_query",
+        ));
+    }
+    cases.push((format!("/v0/inboxes/{key}"), "credential_in_path"));
+    cases.push((
+        format!("/human/v0/inboxes/{key}/api-keys"),
+        "credential_in_path",
+    ));
+    for (target, code) in &cases {
+        let r = g.req("GET", target, &[("Authorization", &auth)], None);
+        assert_eq!(r.status, 400, "{target}");
+        assert_eq!(r.json()["code"], *code, "{target}");
+        assert_eq!(r.json()["name"], "ValidationError");
+        assert!(!r.text().contains(rest), "the key came back in the body");
+    }
+    assert_eq!(
+        up.count(),
+        0,
+        "{:?}",
+        up.requests().iter().map(|r| &r.target).collect::<Vec<_>>()
+    );
+    // Near misses are not keys: forwarded as usual.
+    let mut bad = key.clone().into_bytes();
+    let last = bad.len() - 1;
+    bad[last] = if bad[last] == b'a' { b'b' } else { b'a' };
+    let bad = String::from_utf8(bad).unwrap();
+    for target in [
+        format!("{P}/{bad}"),
+        format!("{P}/m?k={bad}"),
+        format!("{P}/m?k={}", &key[..key.len() - 1]),
+    ] {
+        assert_eq!(
+            g.req("GET", &target, &[("Authorization", &auth)], None)
+                .status,
+            200,
+            "{target}"
+        );
+    }
+    // The access log never printed any spelling.
+    let flushed = std::time::Instant::now();
+    wait_until("access log", Duration::from_secs(5), || {
+        g.logs().matches("status=").count() >= cases.len()
+            || flushed.elapsed() > Duration::from_secs(2)
+    });
+    let logs = g.logs();
+    for sp in &spellings {
+        assert!(!logs.contains(sp.as_str()), "a key spelling is in the logs");
+    }
+    assert!(!logs.contains(rest));
+}
+
+#[test]
+fn overlong_utf8_and_lookalikes_of_dot_and_slash_are_refused() {
+    let (g, up) = setup();
+    let key = new_key(&g);
+    let auth = format!("Bearer {key}");
+    for tail in [
+        "%C0%AE%C0%AE/sales@example.com",
+        "%E0%80%AE%E0%80%AE",
+        "x%C0%AFy",
+        "x%C1%9Cy",
+        "%F0%80%80%AE",
+        "%EF%BC%8E%EF%BC%8E/sales@example.com",
+        "x%EF%BC%8Fy",
+        "x%EF%BC%BCy",
+        "%E2%80%A5",
+        "%E2%80%A6",
+        "%EF%B9%92%EF%B9%92",
+        "x%E2%88%95y",
+        "%80",
+        "%C3",
+        "%ED%A0%80",
+        "%FF%FE",
+    ] {
+        for target in [
+            format!("{P}/{tail}"),
+            format!("/v0/inboxes/support@example.com{tail}/m"),
+        ] {
+            let r = g.req("GET", &target, &[("Authorization", &auth)], None);
+            assert_eq!(r.status, 400, "{target}");
+            assert_eq!(r.json()["code"], "bad_request_target", "{target}");
+        }
+    }
+    assert_eq!(up.count(), 0);
+    // Real non-ASCII text still passes.
+    assert_eq!(
+        g.req(
+            "GET",
+            &format!("{P}/caf%C3%A9"),
+            &[("Authorization", &auth)],
+            None
+        )
+        .status,
+        200
+    );
+}
+
+#[test]
+fn targets_pingora_would_rewrite_are_refused() {
+    let (g, up) = setup();
+    let key = new_key(&g);
+    let sent = [
+        format!("GET {P}/m#frag HTTP/1.1"),
+        format!("GET {P}/m#/../../sales@example.com HTTP/1.1"),
+        format!("GET {P}#x HTTP/1.1"),
+        format!("GET {P}/m?a=b#c HTTP/1.1"),
+        format!("GET {P}/a b HTTP/1.1"),
+        format!("GET {P}/m?a=b c HTTP/1.1"),
+        format!("GET {P}/m  HTTP/1.1"),
+        format!("GET {P}/m   HTTP/1.1"),
+        format!("GET  {P}/m HTTP/1.1"),
+        format!("GET {P}/m\tHTTP/1.1"),
+        format!("GET {P}/m HTTP/1.1 "),
+        format!("GET {P}/caf\u{e9} HTTP/1.1"),
+        format!("GET {P}/<x> HTTP/1.1"),
+        format!("GET {P}/\"x HTTP/1.1"),
+        format!("GET {P}/m?q=\u{1} HTTP/1.1"),
+    ];
+    for line in &sent {
+        let raw = format!("{line}\r\nHost: g\r\nAuthorization: Bearer {key}\r\n\r\n");
+        let rs = exchange(&g, &raw);
+        // Refused with 400 (or not parsed at all); never a 200, never upstream.
+        if let Some(r) = rs.first() {
+            assert_eq!(r.status, 400, "{line:?}");
+        }
+    }
+    assert_eq!(
+        up.count(),
+        0,
+        "{:?}",
+        up.requests().iter().map(|r| &r.target).collect::<Vec<_>>()
+    );
+    // The plain request line still works, with empty lines before it too.
+    let rs = exchange(
+        &g,
+        &format!("\r\nGET {P}/m HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {key}\r\n\r\n"),
+    );
+    assert_eq!(rs[0].status, 200);
+}

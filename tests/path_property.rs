@@ -1,8 +1,10 @@
 //! Property: no path the gateway admits for a key of inbox X normalizes (RFC 3986, or the more
-//! aggressive decoding some servers do) to a path of another inbox.
+//! aggressive decoding some servers do: every escape, overlong UTF-8, NFKC) to a path of
+//! another inbox.
 
-use agentry_gateway::auth::scope::{segment_equals, validate_path, RouteTemplate};
+use agentry_gateway::target::{segment_equals, validate_path, RouteTemplate};
 use proptest::prelude::*;
+use unicode_normalization::UnicodeNormalization;
 
 /// RFC 3986 §5.2.4 remove_dot_segments, on a path of segments.
 fn remove_dot_segments(path: &str) -> String {
@@ -54,10 +56,57 @@ fn rfc3986(path: &str) -> String {
     remove_dot_segments(&decode(path, true))
 }
 
-/// What a lenient server might do: decode everything once, treat `\` as `/`, drop `;params`,
-/// collapse `//`, then remove dot segments.
+/// Percent-decodes every escape to raw bytes.
+fn decode_bytes(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+/// A lenient UTF-8 decoder, as old or careless ones were: any lead byte's payload bits are
+/// taken without checking that the form is the shortest (so `C0 AE` is `.`), and bytes that
+/// fit no sequence become U+FFFD.
+fn lenient_utf8(b: &[u8]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < b.len() {
+        let (len, init) = match b[i] {
+            0x00..=0x7f => (1, b[i] as u32),
+            0xc0..=0xdf => (2, (b[i] & 0x1f) as u32),
+            0xe0..=0xef => (3, (b[i] & 0x0f) as u32),
+            0xf0..=0xf7 => (4, (b[i] & 0x07) as u32),
+            _ => (0, 0),
+        };
+        let cont = |k: usize| b.get(i + k).filter(|&&c| c & 0xc0 == 0x80);
+        if len == 0 || (1..len).any(|k| cont(k).is_none()) {
+            out.push('\u{fffd}');
+            i += 1;
+            continue;
+        }
+        let cp = (1..len).fold(init, |acc, k| acc << 6 | (b[i + k] & 0x3f) as u32);
+        out.push(char::from_u32(cp).unwrap_or('\u{fffd}'));
+        i += len;
+    }
+    out
+}
+
+/// What a lenient server might do: decode every escape, read the bytes as lenient UTF-8,
+/// apply NFKC, treat `\` as `/`, drop `;params`, collapse `//`, then remove dot segments.
 fn lenient(path: &str) -> String {
-    let d = decode(path, false).replace('\\', "/");
+    let d: String = lenient_utf8(&decode_bytes(path)).nfkc().collect();
+    let d = d.replace('\\', "/");
     let no_params: Vec<String> = d
         .split('/')
         .map(|s| s.split(';').next().unwrap_or("").to_owned())
@@ -112,6 +161,25 @@ const POOL: &[&str] = &[
     "%7e",
     "X%2e",
     "%59",
+    "%C0%AE",
+    "%C0%AE%C0%AE",
+    "%c0%ae.",
+    "%E0%80%AE",
+    "%E0%80%AE%E0%80%AE",
+    "%C0%AF",
+    "%C1%9C",
+    "X%C0%AF..%C0%AFY",
+    "%EF%BC%8E",
+    "%EF%BC%8E%EF%BC%8E",
+    "%EF%BC%8F",
+    "X%EF%BC%8FY",
+    "%EF%BC%BC",
+    "%E2%80%A5",
+    "%E2%80%A4%E2%80%A4",
+    "%EF%B9%92.",
+    "%C3%A9",
+    "%EF%BD%81",
+    "%EF%BC%B8",
 ];
 
 fn admitted_for_x(template: &RouteTemplate, path: &str) -> bool {
@@ -168,6 +236,21 @@ fn the_property_would_catch_an_escape() {
         inbox_of(&template, &lenient("/v0/inboxes/X%2F..%2FY")).as_deref(),
         Some("Y")
     );
+    for escape in [
+        "/v0/inboxes/X/%C0%AE%C0%AE/Y",
+        "/v0/inboxes/X/%E0%80%AE%E0%80%AE/Y",
+        "/v0/inboxes/X%C0%AF..%C0%AFY",
+        "/v0/inboxes/X/%EF%BC%8E%EF%BC%8E/Y",
+        "/v0/inboxes/X%EF%BC%8F..%EF%BC%8FY",
+        "/v0/inboxes/X/%E2%80%A5/Y",
+    ] {
+        assert_eq!(
+            inbox_of(&template, &lenient(escape)).as_deref(),
+            Some("Y"),
+            "{escape}"
+        );
+        assert!(!admitted_for_x(&template, escape), "{escape}");
+    }
     assert!(!admitted_for_x(&template, "/v0/inboxes/X/../Y"));
     assert!(admitted_for_x(&template, "/v0/inboxes/X/m"));
     assert!(admitted_for_x(&template, "/v0/inboxes/%58/m"));

@@ -1,7 +1,6 @@
-//! Proxy-path authentication: the verifier (key → identity, cached), scope checks, usage marks.
+//! Proxy-path authentication: the verifier (key → identity, cached), usage marks, the failed-auth limiter.
 
 pub mod limiter;
-pub mod scope;
 pub mod usage;
 pub mod verifier;
 

@@ -3,10 +3,8 @@
 use http::Method;
 
 use super::errors::{ApiError, NotFound};
-use crate::auth::scope::{decode_segment, validate_query, TargetError};
 use crate::metrics::ManagementRoute;
-
-pub const MAX_INBOX_ID_CHARS: usize = 254;
+use crate::target::{inbox_id, validate_query, TargetError};
 
 /// A recognised management endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,57 +44,13 @@ pub fn is_management_path(path: &[u8]) -> bool {
     path == b"/human" || path.starts_with(b"/human/")
 }
 
-/// Checks an inbox id: 1 to 254 characters, no `/`, no control characters, not `.` or `..`.
-pub fn validate_inbox_id(id: &str) -> Result<(), String> {
-    if id.is_empty() {
-        return Err("inbox_id must not be empty".into());
-    }
-    if id.chars().count() > MAX_INBOX_ID_CHARS {
-        return Err(format!(
-            "inbox_id must be at most {MAX_INBOX_ID_CHARS} characters"
-        ));
-    }
-    if id.contains('/') {
-        return Err("inbox_id must not contain '/'".into());
-    }
-    if id.chars().any(char::is_control) {
-        return Err("inbox_id must not contain control characters".into());
-    }
-    if id == "." || id == ".." {
-        return Err("inbox_id must not be '.' or '..'".into());
-    }
-    Ok(())
-}
-
 fn inbox_error(message: impl Into<String>) -> ApiError {
     ApiError::validation(&["path", "inbox_id"], message)
 }
 
 /// Decodes and validates the `{inbox_id}` segment.
 fn inbox_id(raw: &[u8]) -> Result<String, ApiError> {
-    if raw.iter().any(|&b| b <= b' ' || b == 0x7f || b == b'\\') {
-        return Err(inbox_error(
-            "inbox_id contains characters that are not allowed",
-        ));
-    }
-    let mut i = 0;
-    while i < raw.len() {
-        if raw[i] == b'%' {
-            let ok = raw.len() > i + 2
-                && raw[i + 1].is_ascii_hexdigit()
-                && raw[i + 2].is_ascii_hexdigit();
-            if !ok {
-                return Err(inbox_error("inbox_id has a malformed percent-escape"));
-            }
-            i += 3;
-        } else {
-            i += 1;
-        }
-    }
-    let decoded = String::from_utf8(decode_segment(raw))
-        .map_err(|_| inbox_error("inbox_id must be valid UTF-8"))?;
-    validate_inbox_id(&decoded).map_err(inbox_error)?;
-    Ok(decoded)
+    inbox_id::decode_segment(raw).map_err(inbox_error)
 }
 
 /// Maps method and raw target (path + query) to an endpoint, or the error to answer.
@@ -119,7 +73,7 @@ pub fn route(method: &Method, path: &[u8], query: &[u8]) -> Result<Endpoint, Api
         }
         7 if segs[5] == b"api-keys" && !segs[6].is_empty() => {
             let inbox_id = inbox_id(segs[4])?;
-            let api_key_id = String::from_utf8(decode_segment(segs[6]))
+            let api_key_id = String::from_utf8(crate::target::decode_segment(segs[6]))
                 .map_err(|_| ApiError::NotFound(NotFound::ApiKey))?;
             match *method {
                 Method::DELETE => Ok(Endpoint::DeleteApiKey {

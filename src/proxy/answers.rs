@@ -68,6 +68,11 @@ pub(super) const ERR_KEY_IN_QUERY: ProxyError = ProxyError {
     body: r#"{"name":"ValidationError","code":"credential_in_query","message":"API keys are not accepted in the query string; send Authorization: Bearer <key>"}"#,
     www_authenticate: false,
 };
+pub(super) const ERR_KEY_IN_PATH: ProxyError = ProxyError {
+    status: 400,
+    body: r#"{"name":"ValidationError","code":"credential_in_path","message":"API keys are not accepted in the path; send Authorization: Bearer <key>"}"#,
+    www_authenticate: false,
+};
 pub(super) const ERR_INTERNAL: ProxyError = ProxyError {
     status: 500,
     body: r#"{"name":"InternalError","code":"internal_error","message":"internal error"}"#,
@@ -79,7 +84,7 @@ pub(super) fn error_json(name: &str, code: &str, message: &str) -> Bytes {
     Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }
 
-pub(super) fn target_error_body(e: crate::auth::scope::TargetError) -> Bytes {
+pub(super) fn target_error_body(e: crate::target::TargetError) -> Bytes {
     error_json("ValidationError", "bad_request_target", e.message())
 }
 

@@ -15,7 +15,6 @@ use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::auth::limiter::FailureLimiter;
-use crate::auth::scope::{segment_equals, split_target, validate_path, validate_query};
 use crate::auth::usage::UsageRecorder;
 use crate::auth::verifier::{bearer_credential, AuthFailure, Cached};
 use crate::auth::{ApiKeyIdentity, Verifier};
@@ -23,8 +22,12 @@ use crate::client_ip::TrustedProxies;
 use crate::clock::now_us;
 use crate::config::RouteConfig;
 use crate::guard::{self, HeaderLimits};
+use crate::header_deadline::DeadlineStream;
 use crate::management::{routes::is_management_path, ApiResponse, Management};
 use crate::metrics::{ManagementRoute, Metrics, Rejection, UpstreamError};
+use crate::target::{
+    check_request_line, segment_equals, split_target, validate_path, validate_query, TargetError,
+};
 use crate::upstream::Upstream;
 
 mod answers;
@@ -80,6 +83,8 @@ pub struct RequestCtx {
     request_id: Option<HeaderValue>,
     connect_retries: u8,
     retry_after: Option<u64>,
+    /// The target held a key: the access log must not print it.
+    redact_target: bool,
 }
 
 /// Whether a header name, with `_` read as `-`, is in the gateway's `x-agentry-` namespace.
@@ -322,6 +327,7 @@ impl ProxyHttp for Gateway {
             request_id: None,
             connect_retries: 0,
             retry_after: None,
+            redact_target: false,
         }
     }
 
@@ -349,6 +355,33 @@ impl ProxyHttp for Gateway {
                 .refuse(session, ctx, reason, (refusal.status, body, false), true)
                 .await;
         }
+        // The request line as the client sent it must be what pingora parsed: it drops a
+        // `#` fragment and accepts some spaces, and the gateway decides on the target.
+        let line = {
+            let req = session.req_header();
+            session.as_http1().map_or(Ok(()), |h1| {
+                let plain = h1
+                    .stream()
+                    .as_any()
+                    .downcast_ref::<DeadlineStream>()
+                    .is_none_or(DeadlineStream::request_line_was_plain);
+                if !plain {
+                    return Err(TargetError::MalformedRequestLine);
+                }
+                check_request_line(
+                    &h1.get_headers_raw_bytes(),
+                    req.method.as_str().as_bytes(),
+                    req.raw_path(),
+                )
+            })
+        };
+        if let Err(e) = line {
+            ctx.kind = Kind::Proxy;
+            let answer = (400, target_error_body(e), false);
+            return self
+                .refuse(session, ctx, Rejection::BadRequestTarget, answer, true)
+                .await;
+        }
         // Work on the target where it lies (no copy on the proxy path): remember where the
         // path ends and the query starts, and borrow the bytes again when needed.
         let split = {
@@ -365,6 +398,26 @@ impl ProxyHttp for Gateway {
                     .await;
             }
         };
+        // A key anywhere in the URL, however encoded, ends up in upstream and proxy logs:
+        // refuse it (on every path, management included) and never log the target.
+        let key_in_url = {
+            let raw = session.req_header().raw_path();
+            let format = self.verifier.key_format();
+            if format.appears_in_url(&raw[..path_end]) {
+                Some(&ERR_KEY_IN_PATH)
+            } else if format.appears_in_url(&raw[query_start..]) {
+                Some(&ERR_KEY_IN_QUERY)
+            } else {
+                None
+            }
+        };
+        if let Some(err) = key_in_url {
+            ctx.kind = Kind::Proxy;
+            ctx.redact_target = true;
+            return self
+                .reject(session, ctx, Rejection::BadRequestTarget, err)
+                .await;
+        }
         if is_management_path(&session.req_header().raw_path()[..path_end]) {
             let raw = session.req_header().raw_path().to_vec();
             let (path, query) = (&raw[..path_end], &raw[query_start..]);
@@ -384,25 +437,17 @@ impl ProxyHttp for Gateway {
             return self.respond_management(session, ctx, r).await;
         }
         ctx.kind = Kind::Proxy;
-        let key_in_query = {
+        let valid = {
             let raw = session.req_header().raw_path();
-            let (path, query) = (&raw[..path_end], &raw[query_start..]);
-            validate_path(path)
-                .and_then(|_| validate_query(query))
-                .map(|_| !query.is_empty() && self.verifier.key_format().appears_in(query))
+            validate_path(&raw[..path_end]).and_then(|_| validate_query(&raw[query_start..]))
         };
-        match key_in_query {
+        match valid {
             Err(e) => {
                 let answer = (400, target_error_body(e), false);
                 self.refuse(session, ctx, Rejection::BadRequestTarget, answer, false)
                     .await
             }
-            // A key in a URL ends up in upstream and proxy logs: refuse rather than forward it.
-            Ok(true) => {
-                self.reject(session, ctx, Rejection::BadRequestTarget, &ERR_KEY_IN_QUERY)
-                    .await
-            }
-            Ok(false) => self.proxy_request(session, ctx, path_end).await,
+            Ok(()) => self.proxy_request(session, ctx, path_end).await,
         }
     }
 
@@ -565,9 +610,14 @@ impl ProxyHttp for Gateway {
             let raw = req.raw_path();
             // The query is never logged: clients do put secrets there.
             let path = raw.split(|&b| b == b'?').next().unwrap_or(raw);
+            let path = if ctx.redact_target {
+                "<redacted: credential in URL>".to_owned()
+            } else {
+                String::from_utf8_lossy(path).into_owned()
+            };
             log.send(AccessRecord {
                 method: req.method.clone(),
-                path: String::from_utf8_lossy(path).into_owned(),
+                path,
                 status,
                 micros: elapsed.as_micros() as u64,
                 api_key_id: ctx.identity.as_ref().map(|i| i.api_key_id.clone()),

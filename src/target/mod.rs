@@ -1,0 +1,374 @@
+//! The request-target grammar: which targets are admitted, by their exact bytes, and how the
+//! `{inbox_id}` segment reads. Config, proxy, management and the fuzz targets import it.
+//!
+//! Pingora does no path normalization, and neither do we: a path is admitted only if no
+//! RFC 3986 normalization or common server decoding (percent-decoding, overlong UTF-8, NFKC)
+//! could make it mean another path. Admitted paths are forwarded byte for byte; the
+//! `{inbox_id}` segment is percent-decoded once and compared exactly with the key's inbox.
+
+pub mod inbox_id;
+pub mod lookalike;
+pub mod template;
+
+pub use template::RouteTemplate;
+
+/// Why a request target is refused (400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetError {
+    /// Not origin-form (`/path?query`): absolute-form, authority-form or `*`.
+    NotOriginForm,
+    /// Empty, `.` or `..` segment.
+    DotOrEmptySegment,
+    /// A byte outside the RFC 3986 `pchar` set, a `;` parameter, or a backslash.
+    ForbiddenCharacter,
+    /// A malformed `%` escape, or one that decodes to `/`, `\`, `.`, `%`, `;` or a control byte.
+    ForbiddenEscape,
+    /// Percent-escapes that are not valid UTF-8 (overlong forms included), or that decode to
+    /// a character a lenient upstream could read as `.`, `/` or `\`.
+    ForbiddenUnicode,
+    /// The request line is not `METHOD SP target SP version` with the target as parsed
+    /// (a space or `#` in the target, extra spaces).
+    MalformedRequestLine,
+}
+
+impl TargetError {
+    pub fn message(self) -> &'static str {
+        match self {
+            TargetError::NotOriginForm => "request target must be an absolute path (origin-form)",
+            TargetError::DotOrEmptySegment => "path must not contain empty, '.' or '..' segments",
+            TargetError::ForbiddenCharacter => "path contains a character that is not allowed",
+            TargetError::ForbiddenEscape => "path contains a percent-escape that is not allowed",
+            TargetError::ForbiddenUnicode => {
+                "path contains percent-escapes that are not valid UTF-8 or decode to a look-alike of '.', '/' or '\\'"
+            }
+            TargetError::MalformedRequestLine => {
+                "request line must be METHOD, one space, the target (no spaces or '#'), one space, the HTTP version"
+            }
+        }
+    }
+}
+
+/// RFC 3986 `pchar` minus `;` (matrix parameters are refused) plus `%` (checked separately).
+pub(crate) fn is_pchar_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b'='
+                | b':'
+                | b'@'
+                | b'%'
+        )
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// The byte a `%XX` escape at `seg[i]` stands for.
+fn escape_at(seg: &[u8], i: usize) -> Option<u8> {
+    if seg.get(i) != Some(&b'%') {
+        return None;
+    }
+    Some(hex_val(*seg.get(i + 1)?)? << 4 | hex_val(*seg.get(i + 2)?)?)
+}
+
+/// Splits a raw request target into path and query, refusing anything but origin-form.
+pub fn split_target(raw: &[u8]) -> Result<(&[u8], &[u8]), TargetError> {
+    if raw.first() != Some(&b'/') {
+        return Err(TargetError::NotOriginForm);
+    }
+    match raw.iter().position(|&b| b == b'?') {
+        Some(i) => Ok((&raw[..i], &raw[i + 1..])),
+        None => Ok((raw, &[])),
+    }
+}
+
+/// Checks a query string: only visible ASCII, no `#`.
+pub fn validate_query(query: &[u8]) -> Result<(), TargetError> {
+    if query.iter().all(|&b| b > b' ' && b < 0x7f && b != b'#') {
+        Ok(())
+    } else {
+        Err(TargetError::ForbiddenCharacter)
+    }
+}
+
+/// Checks every segment of an origin-form path (see the module doc for the rules).
+pub fn validate_path(path: &[u8]) -> Result<(), TargetError> {
+    if path.first() != Some(&b'/') {
+        return Err(TargetError::NotOriginForm);
+    }
+    if path == b"/" {
+        return Ok(());
+    }
+    for seg in path[1..].split(|&b| b == b'/') {
+        validate_segment(seg)?;
+    }
+    Ok(())
+}
+
+fn validate_segment(seg: &[u8]) -> Result<(), TargetError> {
+    if seg.is_empty() || seg == b"." || seg == b".." {
+        return Err(TargetError::DotOrEmptySegment);
+    }
+    let mut i = 0;
+    while i < seg.len() {
+        let b = seg[i];
+        if !is_pchar_byte(b) {
+            return Err(TargetError::ForbiddenCharacter);
+        }
+        if b != b'%' {
+            i += 1;
+            continue;
+        }
+        let d = escape_at(seg, i).ok_or(TargetError::ForbiddenEscape)?;
+        if d < 0x80 {
+            if matches!(d, b'/' | b'\\' | b'.' | b'%' | b';') || d < 0x20 || d == 0x7f {
+                return Err(TargetError::ForbiddenEscape);
+            }
+            i += 3;
+            continue;
+        }
+        // A non-ASCII byte can only come from escapes (raw ones are not pchar): the escapes
+        // of one character must together be valid UTF-8 (no overlong forms, no surrogates).
+        let len = match d {
+            0xC2..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF4 => 4,
+            _ => return Err(TargetError::ForbiddenUnicode),
+        };
+        let mut buf = [d, 0, 0, 0];
+        for (k, slot) in buf.iter_mut().enumerate().take(len).skip(1) {
+            *slot = escape_at(seg, i + 3 * k).ok_or(TargetError::ForbiddenUnicode)?;
+        }
+        let c = std::str::from_utf8(&buf[..len])
+            .ok()
+            .and_then(|s| s.chars().next())
+            .ok_or(TargetError::ForbiddenUnicode)?;
+        if lookalike::is_dot_slash_lookalike(c) {
+            return Err(TargetError::ForbiddenUnicode);
+        }
+        i += 3 * len;
+    }
+    Ok(())
+}
+
+/// Checks the request line as the client sent it (pingora's raw head, leading empty lines
+/// skipped) against what was parsed from it: pingora quietly drops a `#` fragment and takes
+/// some targets with spaces, so the gateway would decide on bytes the client did not send.
+/// Anything but `METHOD SP target SP HTTP/1.x` with exactly the parsed target is refused.
+pub fn check_request_line(
+    raw_head: &[u8],
+    method: &[u8],
+    target: &[u8],
+) -> Result<(), TargetError> {
+    let start = raw_head
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(raw_head.len());
+    let head = &raw_head[start..];
+    let end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
+    let line = head[..end].strip_suffix(b"\r").unwrap_or(&head[..end]);
+    let rest = line
+        .strip_prefix(method)
+        .and_then(|r| r.strip_prefix(b" "))
+        .and_then(|r| r.strip_prefix(target))
+        .ok_or(TargetError::MalformedRequestLine)?;
+    if rest == b" HTTP/1.1" || rest == b" HTTP/1.0" {
+        Ok(())
+    } else {
+        Err(TargetError::MalformedRequestLine)
+    }
+}
+
+/// Percent-decodes a validated segment once.
+pub fn decode_segment(seg: &[u8]) -> Vec<u8> {
+    percent_encoding::percent_decode(seg).collect()
+}
+
+/// Whether a validated segment, percent-decoded once, equals `expected` exactly. Hand-written
+/// instead of `percent-encoding`: it runs on every proxied request and must not allocate.
+pub fn segment_equals(seg: &[u8], expected: &[u8]) -> bool {
+    let mut i = 0;
+    let mut j = 0;
+    while i < seg.len() {
+        let b = if seg[i] == b'%' {
+            match escape_at(seg, i) {
+                Some(d) => {
+                    i += 3;
+                    d
+                }
+                None => return false,
+            }
+        } else {
+            i += 1;
+            seg[i - 1]
+        };
+        if expected.get(j) != Some(&b) {
+            return false;
+        }
+        j += 1;
+    }
+    j == expected.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_paths_are_refused() {
+        use TargetError::*;
+        let cases: &[(&[u8], TargetError)] = &[
+            (b"/v0/inboxes/X/../Y", DotOrEmptySegment),
+            (b"/v0/inboxes/X/./Y", DotOrEmptySegment),
+            (b"/v0/inboxes/X/%2e%2e/Y", ForbiddenEscape),
+            (b"/v0/inboxes/X%2F..%2FY", ForbiddenEscape),
+            (b"/v0/inboxes/X%2f..%2fY", ForbiddenEscape),
+            (b"/v0/inboxes/%252e%252e/Y", ForbiddenEscape),
+            (b"//inboxes/Y", DotOrEmptySegment),
+            (b"/v0/inboxes//Y", DotOrEmptySegment),
+            (b"/v0/inboxes/Y/", DotOrEmptySegment),
+            (b"/v0/inboxes/Y;a=1", ForbiddenCharacter),
+            (b"/v0/inboxes/X;/../Y", ForbiddenCharacter),
+            (b"/v0/inboxes/X\\..\\Y", ForbiddenCharacter),
+            (b"/v0/inboxes/X%5c..%5cY", ForbiddenEscape),
+            (b"/v0/inboxes/X%00", ForbiddenEscape),
+            (b"/v0/inboxes/X%0a", ForbiddenEscape),
+            (b"/v0/inboxes/X%3bY", ForbiddenEscape),
+            (b"/v0/inboxes/X%zz", ForbiddenEscape),
+            (b"/v0/inboxes/X%2", ForbiddenEscape),
+            (b"/v0/inboxes/X Y", ForbiddenCharacter),
+            (b"/v0/inboxes/X\x7f", ForbiddenCharacter),
+            (b"/v0/inboxes/\xc3\xa9", ForbiddenCharacter),
+            (b"/v0/inboxes/X#f", ForbiddenCharacter),
+        ];
+        for (p, want) in cases {
+            assert_eq!(
+                validate_path(p),
+                Err(*want),
+                "{}",
+                String::from_utf8_lossy(p)
+            );
+        }
+        assert_eq!(split_target(b"http://h/v0"), Err(NotOriginForm));
+        assert_eq!(split_target(b"h:80"), Err(NotOriginForm));
+        assert_eq!(split_target(b"*"), Err(NotOriginForm));
+    }
+
+    #[test]
+    fn ordinary_paths_pass() {
+        for p in [
+            &b"/v0/inboxes/support@example.com"[..],
+            b"/v0/inboxes/a%40b/messages",
+            b"/v0/inboxes/X./m",
+            b"/",
+        ] {
+            assert_eq!(validate_path(p), Ok(()), "{}", String::from_utf8_lossy(p));
+        }
+    }
+
+    #[test]
+    fn inbox_segment_is_decoded_once_and_compared_exactly() {
+        assert!(segment_equals(b"a%40b", b"a@b"));
+        assert!(segment_equals(b"a@b", b"a@b"));
+        assert!(!segment_equals(b"a%40b", b"a%40b"));
+        assert!(!segment_equals(b"A@b", b"a@b"));
+        assert!(!segment_equals(b"a@b.", b"a@b"));
+        assert!(!segment_equals(b"a@", b"a@b"));
+        assert_eq!(decode_segment(b"a%40b%20"), b"a@b ");
+    }
+
+    #[test]
+    fn escapes_must_be_utf8_and_no_lookalikes() {
+        use TargetError::*;
+        for (p, want) in [
+            // Overlong forms of '.', '/', '\' and of 'A'.
+            (&b"/v0/inboxes/X/%C0%AE%C0%AE/Y"[..], ForbiddenUnicode),
+            (b"/v0/inboxes/X/%c0%ae", ForbiddenUnicode),
+            (b"/v0/inboxes/X%C0%AF..", ForbiddenUnicode),
+            (b"/v0/inboxes/X%C1%9C", ForbiddenUnicode),
+            (b"/v0/inboxes/X%E0%80%AE", ForbiddenUnicode),
+            (b"/v0/inboxes/X%F0%80%80%AE", ForbiddenUnicode),
+            (b"/v0/inboxes/X%C1%81", ForbiddenUnicode),
+            // Not UTF-8 at all: lone continuation, truncated, surrogate, beyond U+10FFFF.
+            (b"/v0/inboxes/X%80", ForbiddenUnicode),
+            (b"/v0/inboxes/X%C3", ForbiddenUnicode),
+            (b"/v0/inboxes/X%C3Y", ForbiddenUnicode),
+            (b"/v0/inboxes/X%E2%80", ForbiddenUnicode),
+            (b"/v0/inboxes/X%ED%A0%80", ForbiddenUnicode),
+            (b"/v0/inboxes/X%F4%90%80%80", ForbiddenUnicode),
+            (b"/v0/inboxes/X%FF", ForbiddenUnicode),
+            (b"/v0/inboxes/X%C3%2E", ForbiddenUnicode),
+            // NFKC look-alikes: fullwidth . / \, one- and two-dot leaders, ellipsis, small stop.
+            (b"/v0/inboxes/X/%EF%BC%8E%EF%BC%8E/Y", ForbiddenUnicode),
+            (b"/v0/inboxes/X%EF%BC%8FY", ForbiddenUnicode),
+            (b"/v0/inboxes/X%EF%BC%BCY", ForbiddenUnicode),
+            (b"/v0/inboxes/X/%E2%80%A4%E2%80%A4", ForbiddenUnicode),
+            (b"/v0/inboxes/X/%E2%80%A5", ForbiddenUnicode),
+            (b"/v0/inboxes/X/%e2%80%a6", ForbiddenUnicode),
+            (b"/v0/inboxes/X/%EF%B9%92", ForbiddenUnicode),
+            (b"/v0/inboxes/X%EF%B9%A8Y", ForbiddenUnicode),
+            (b"/v0/inboxes/X%E2%88%95Y", ForbiddenUnicode),
+            (b"/v0/inboxes/X%E2%81%84Y", ForbiddenUnicode),
+        ] {
+            assert_eq!(
+                validate_path(p),
+                Err(want),
+                "{}",
+                String::from_utf8_lossy(p)
+            );
+        }
+        for p in [
+            &b"/v0/inboxes/caf%C3%A9"[..],
+            b"/v0/inboxes/%E6%97%A5%E6%9C%AC",
+            b"/v0/inboxes/%F0%9F%93%AC/m",
+            b"/v0/inboxes/%EF%BD%81",
+        ] {
+            assert_eq!(validate_path(p), Ok(()), "{}", String::from_utf8_lossy(p));
+        }
+    }
+
+    #[test]
+    fn the_request_line_must_be_what_was_parsed() {
+        let ok: &[(&[u8], &[u8])] = &[
+            (b"GET /a?b=c HTTP/1.1\r\nHost: x\r\n\r\n", b"/a?b=c"),
+            (b"\r\n\r\nGET /a HTTP/1.1\r\n\r\n", b"/a"),
+            (b"GET /a HTTP/1.0\n\n", b"/a"),
+        ];
+        for (raw, target) in ok {
+            assert_eq!(check_request_line(raw, b"GET", target), Ok(()));
+        }
+        let bad: &[(&[u8], &[u8])] = &[
+            (b"GET /a#frag HTTP/1.1\r\n\r\n", b"/a"),
+            (b"GET /a b HTTP/1.1\r\n\r\n", b"/a"),
+            (b"GET /a b HTTP/1.1\r\n\r\n", b"/ab"),
+            (b"GET /a?x=b c HTTP/1.1\r\n\r\n", b"/a?x=b"),
+            (b"GET /a  HTTP/1.1\r\n\r\n", b"/a"),
+            (b"GET  /a HTTP/1.1\r\n\r\n", b"/a"),
+            (b"GET\t/a HTTP/1.1\r\n\r\n", b"/a"),
+            (b"GET /a HTTP/1.1 \r\n\r\n", b"/a"),
+            (b"GET /a HTTP/2.0\r\n\r\n", b"/a"),
+            (b"", b"/a"),
+        ];
+        for (raw, target) in bad {
+            assert_eq!(
+                check_request_line(raw, b"GET", target),
+                Err(TargetError::MalformedRequestLine),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+}
