@@ -1,11 +1,16 @@
-//! Criterion micro-benchmarks of the hot path: key verification (malformed, bad checksum,
-//! negative-cache hit, positive-cache hit with scope check), path matching, used_at marks.
+//! Criterion micro-benchmarks of the hot path, through the functions the proxy calls:
+//! `Verifier::authenticate` (malformed, bad checksum, negative-cache hit, positive-cache hit
+//! with scope check), the request-target checks, used_at marks.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::{HeaderMap, HeaderValue};
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 
+use agentry_gateway::auth::limiter::{FailureLimiter, LimiterConfig};
 use agentry_gateway::auth::usage::UsageRecorder;
 use agentry_gateway::auth::Verifier;
 use agentry_gateway::config::CacheConfig;
@@ -13,16 +18,31 @@ use agentry_gateway::keys::KeyFormat;
 use agentry_gateway::metrics::Metrics;
 use agentry_gateway::store::sqlite::SqliteStore;
 use agentry_gateway::store::{KeyRecord, NewKey, Store};
-use agentry_gateway::target::{segment_equals, validate_path, RouteTemplate};
+use agentry_gateway::target::{
+    segment_equals, split_target, validate_path, validate_query, RouteTemplate,
+};
 
 struct Fixture {
     _dir: tempfile::TempDir,
     verifier: Verifier,
     usage: UsageRecorder,
-    valid: Vec<String>,
-    unknown: String,
-    bad_checksum: String,
+    valid: Vec<HeaderMap>,
+    unknown: HeaderMap,
+    bad_checksum: HeaderMap,
+    malformed: HeaderMap,
 }
+
+fn bearer(key: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        http::header::AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {key}")).unwrap(),
+    );
+    h
+}
+
+/// The client every benchmark request comes from (the limiter is on, as by default).
+const CLIENT: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
 
 fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
@@ -35,7 +55,20 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
         negative_max_entries: 100_000,
         negative_ttl: Duration::from_secs(3600),
     };
-    let verifier = Verifier::new(format.clone(), &cache, store.clone(), metrics.clone());
+    // The default limits, but a window too short for a benchmark's failures to add up.
+    let limiter = Arc::new(FailureLimiter::new(LimiterConfig {
+        limit: 100,
+        window: Duration::from_nanos(1),
+        max_clients: 100_000,
+        ipv6_prefix: 64,
+    }));
+    let verifier = Verifier::new(
+        format.clone(),
+        &cache,
+        store.clone(),
+        metrics.clone(),
+        limiter,
+    );
     let mut valid = Vec::new();
     rt.block_on(async {
         for i in 0..1000 {
@@ -57,16 +90,17 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
                 .unwrap();
             valid.push(m.plaintext);
         }
-        for k in &valid {
-            verifier.verify(k.as_bytes()).await.unwrap();
-        }
     });
-    let unknown = format.generate().plaintext;
+    let valid: Vec<HeaderMap> = valid.iter().map(|k| bearer(k)).collect();
+    let unknown = bearer(&format.generate().plaintext);
     rt.block_on(async {
-        let _ = verifier.verify(unknown.as_bytes()).await;
+        for h in &valid {
+            verifier.authenticate(h, CLIENT).await.unwrap();
+        }
+        let _ = verifier.authenticate(&unknown, CLIENT).await;
         verifier.sync().await;
     });
-    let mut bad = valid[0].clone().into_bytes();
+    let mut bad = format.generate().plaintext.into_bytes();
     let last = bad.len() - 1;
     bad[last] = if bad[last] == b'A' { b'B' } else { b'A' };
     Fixture {
@@ -75,7 +109,8 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
         usage: UsageRecorder::new(store, metrics),
         valid,
         unknown,
-        bad_checksum: String::from_utf8(bad).unwrap(),
+        bad_checksum: bearer(&String::from_utf8(bad).unwrap()),
+        malformed: bearer("agk_short"),
     }
 }
 
@@ -88,28 +123,25 @@ fn verify(c: &mut Criterion) {
     let route = RouteTemplate::parse("/v0/inboxes/{inbox_id}").unwrap();
     let path = b"/v0/inboxes/support@example.com/messages/123";
     let mut g = c.benchmark_group("verify");
-    g.bench_function("malformed", |b| {
-        b.to_async(&rt)
-            .iter(|| async { black_box(f.verifier.verify(black_box(b"agk_short")).await.is_err()) })
-    });
-    g.bench_function("bad_checksum", |b| {
-        b.to_async(&rt).iter(|| async {
-            black_box(f.verifier.verify(f.bad_checksum.as_bytes()).await.is_err())
-        })
-    });
-    g.bench_function("negative_hit", |b| {
-        b.to_async(&rt)
-            .iter(|| async { black_box(f.verifier.verify(f.unknown.as_bytes()).await.is_err()) })
-    });
+    for (name, h) in [
+        ("malformed", &f.malformed),
+        ("bad_checksum", &f.bad_checksum),
+        ("negative_hit", &f.unknown),
+    ] {
+        g.bench_function(name, |b| {
+            b.to_async(&rt)
+                .iter(|| async { black_box(f.verifier.authenticate(h, CLIENT).await.is_err()) })
+        });
+    }
     let mut i = 0usize;
     g.bench_function("positive_hit_with_scope", |b| {
         b.to_async(&rt).iter(|| {
             i = (i + 1) % f.valid.len();
-            let key = f.valid[i].as_bytes();
+            let headers = &f.valid[i];
             let verifier = &f.verifier;
             let route = &route;
             async move {
-                let id = verifier.verify(key).await.unwrap();
+                let id = verifier.authenticate(headers, CLIENT).await.unwrap();
                 validate_path(path).unwrap();
                 let seg = route.match_path(path).unwrap();
                 black_box(segment_equals(seg, id.inbox_id.as_bytes()))
@@ -117,6 +149,30 @@ fn verify(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    // The proxy's checks of a request target, in its order: split, no key anywhere in it
+    // (path and query, decoded), path and query grammar, route match, scope compare.
+    let format = KeyFormat::new("agk");
+    let mut target_group = c.benchmark_group("target");
+    for (name, target) in [
+        ("plain", &b"/v0/inboxes/support@example.com/messages/123"[..]),
+        (
+            "escaped_with_query",
+            b"/v0/inboxes/support%40example.com/messages/123?limit=10&page_token=AbCdEf012345&labels=inbox%2Cunread",
+        ),
+    ] {
+        target_group.bench_function(name, |b| {
+            b.iter(|| {
+                let (p, q) = split_target(black_box(target)).unwrap();
+                assert!(!format.appears_in_url(p) && !format.appears_in_url(q));
+                validate_path(p).unwrap();
+                validate_query(q).unwrap();
+                let seg = route.match_path(p).unwrap();
+                black_box(segment_equals(seg, b"support@example.com"))
+            })
+        });
+    }
+    target_group.finish();
 
     c.bench_function("path/validate_match_compare", |b| {
         b.iter(|| {
@@ -127,7 +183,7 @@ fn verify(c: &mut Criterion) {
     });
 
     let id = rt
-        .block_on(f.verifier.verify(f.valid[0].as_bytes()))
+        .block_on(f.verifier.authenticate(&f.valid[0], CLIENT))
         .unwrap();
     let mut now = 0i64;
     c.bench_function("usage/touch", |b| {

@@ -86,12 +86,19 @@ fn main() {
         &cache,
         Arc::new(Synthetic),
         Arc::new(Metrics::new(&[], &[])),
+        Arc::new(agentry_gateway::auth::limiter::FailureLimiter::disabled()),
     );
     rt.block_on(verifier.sync());
     let before = rss_bytes();
     rt.block_on(async {
         for k in &keys {
-            verifier.verify(k.as_bytes()).await.unwrap();
+            // The proxy's entry: the Authorization header in, the identity out.
+            let mut h = http::HeaderMap::new();
+            h.insert(
+                http::header::AUTHORIZATION,
+                http::HeaderValue::from_str(&format!("Bearer {k}")).unwrap(),
+            );
+            verifier.authenticate(&h, None).await.unwrap();
         }
         verifier.sync().await;
     });

@@ -26,6 +26,8 @@ pub const DEFAULT_HEALTH_CHECK_INTERVAL_SECS: u64 = 5;
 pub const MAX_KEY_PREFIX_LEN: usize = 16;
 pub const DEFAULT_FAILED_AUTH_PER_IP: u32 = 100;
 pub const DEFAULT_FAILED_AUTH_WINDOW_SECS: u64 = 10;
+pub const DEFAULT_FAILED_AUTH_MAX_CLIENTS: usize = 100_000;
+pub const DEFAULT_FAILED_AUTH_IPV6_PREFIX: u8 = 64;
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 /// SHA-256 of `agm_quickstart_change_me`, the token of the shipped example config. The
@@ -100,6 +102,8 @@ struct FileServer {
 struct FileLimits {
     failed_auth_per_ip: Option<u32>,
     failed_auth_window_seconds: Option<u64>,
+    failed_auth_max_clients: Option<usize>,
+    failed_auth_ipv6_prefix: Option<u8>,
     max_headers: Option<usize>,
     max_header_bytes: Option<usize>,
 }
@@ -227,6 +231,10 @@ pub struct LimitsConfig {
     /// Failed authentications per client IP per window before 429 (0: no limit).
     pub failed_auth_per_ip: u32,
     pub failed_auth_window: Duration,
+    /// Most clients whose failures are tracked at once.
+    pub failed_auth_max_clients: usize,
+    /// IPv6 clients are counted by this prefix length.
+    pub failed_auth_ipv6_prefix: u8,
     pub max_headers: usize,
     pub max_header_bytes: usize,
 }
@@ -463,6 +471,24 @@ impl Validator<'_> {
             l.failed_auth_window_seconds
                 .unwrap_or(DEFAULT_FAILED_AUTH_WINDOW_SECS),
         )?;
+        let max_clients = l
+            .failed_auth_max_clients
+            .unwrap_or(DEFAULT_FAILED_AUTH_MAX_CLIENTS);
+        if !(64..=10_000_000).contains(&max_clients) {
+            return Err(self.err(
+                "limits.failed_auth_max_clients",
+                "must be between 64 and 10000000 (each tracked client takes about 64 bytes)",
+            ));
+        }
+        let ipv6_prefix = l
+            .failed_auth_ipv6_prefix
+            .unwrap_or(DEFAULT_FAILED_AUTH_IPV6_PREFIX);
+        if !(1..=128).contains(&ipv6_prefix) {
+            return Err(self.err(
+                "limits.failed_auth_ipv6_prefix",
+                "must be a prefix length between 1 and 128 (e.g. 64 for a /64)",
+            ));
+        }
         let max_headers = l.max_headers.unwrap_or(DEFAULT_MAX_HEADERS);
         if !(1..=256).contains(&max_headers) {
             return Err(self.err(
@@ -480,6 +506,8 @@ impl Validator<'_> {
         Ok(LimitsConfig {
             failed_auth_per_ip: l.failed_auth_per_ip.unwrap_or(DEFAULT_FAILED_AUTH_PER_IP),
             failed_auth_window: Duration::from_secs(window),
+            failed_auth_max_clients: max_clients,
+            failed_auth_ipv6_prefix: ipv6_prefix,
             max_headers,
             max_header_bytes,
         })

@@ -8,6 +8,9 @@
 use http::header::{self, HeaderMap};
 use http::Version;
 
+use crate::answer::{self, Answer};
+use crate::metrics::Rejection;
+
 /// Limits on request headers (configurable in `[limits]`).
 #[derive(Debug, Clone, Copy)]
 pub struct HeaderLimits {
@@ -15,29 +18,25 @@ pub struct HeaderLimits {
     pub max_header_bytes: usize,
 }
 
-/// A refused request: status, stable code, human message.
+/// Why a request's head is refused. Every refusal closes the connection: whatever follows
+/// an ambiguous or oversized head cannot be trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refusal {
-    pub status: u16,
-    pub code: &'static str,
-    pub message: &'static str,
+pub enum Refusal {
+    AmbiguousFraming,
+    UpgradeRefused,
+    HeadersTooLarge,
 }
 
-const AMBIGUOUS: Refusal = Refusal {
-    status: 400,
-    code: "ambiguous_framing",
-    message: "the request's framing headers are ambiguous",
-};
-const UPGRADE: Refusal = Refusal {
-    status: 400,
-    code: "upgrade_not_supported",
-    message: "protocol upgrades are not supported",
-};
-const TOO_MANY: Refusal = Refusal {
-    status: 431,
-    code: "request_header_fields_too_large",
-    message: "too many or too large request headers",
-};
+impl Refusal {
+    pub fn answer(self) -> Answer {
+        let (fixed, reason) = match self {
+            Refusal::AmbiguousFraming => (&answer::AMBIGUOUS_FRAMING, Rejection::AmbiguousFraming),
+            Refusal::UpgradeRefused => (&answer::UPGRADE_NOT_SUPPORTED, Rejection::UpgradeRefused),
+            Refusal::HeadersTooLarge => (&answer::HEADERS_TOO_LARGE, Rejection::HeadersTooLarge),
+        };
+        fixed.answer().because(reason).closing()
+    }
+}
 
 /// Checks one request's headers. `raw_head` is the request head as received (HTTP/1), used to
 /// see a `Content-Length` that pingora drops when `Transfer-Encoding` is also present.
@@ -48,17 +47,17 @@ pub fn check(
     limits: HeaderLimits,
 ) -> Result<(), Refusal> {
     if headers.len() > limits.max_headers {
-        return Err(TOO_MANY);
+        return Err(Refusal::HeadersTooLarge);
     }
     let bytes: usize = headers
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
     if bytes > limits.max_header_bytes {
-        return Err(TOO_MANY);
+        return Err(Refusal::HeadersTooLarge);
     }
     if headers.contains_key(header::UPGRADE) {
-        return Err(UPGRADE);
+        return Err(Refusal::UpgradeRefused);
     }
     let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
     if let Some(first) = te.next() {
@@ -68,7 +67,7 @@ pub fn check(
             || raw_head.is_some_and(|h| has_content_length_line(h) || !plain_chunked_lines(h))
             || headers.contains_key(header::CONTENT_LENGTH)
         {
-            return Err(AMBIGUOUS);
+            return Err(Refusal::AmbiguousFraming);
         }
     }
     let mut cl = headers.get_all(header::CONTENT_LENGTH).iter();
@@ -76,7 +75,7 @@ pub fn check(
         let v = first.as_bytes();
         if cl.next().is_some() || v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit)
         {
-            return Err(AMBIGUOUS);
+            return Err(Refusal::AmbiguousFraming);
         }
     }
     Ok(())
@@ -153,14 +152,17 @@ mod tests {
             vec![("transfer-encoding", "chunked "), ("x", "y")],
             vec![("transfer-encoding", "chunked"), ("content-length", "3")],
         ] {
-            assert_eq!(chk(&bad), Err(AMBIGUOUS), "{bad:?}");
+            assert_eq!(chk(&bad), Err(Refusal::AmbiguousFraming), "{bad:?}");
         }
         let te = h(&[("transfer-encoding", "chunked")]);
-        assert_eq!(check(Version::HTTP_10, &te, None, LIMITS), Err(AMBIGUOUS));
+        assert_eq!(
+            check(Version::HTTP_10, &te, None, LIMITS),
+            Err(Refusal::AmbiguousFraming)
+        );
         let raw = b"POST / HTTP/1.1\r\nHost: x\r\nCONTENT-LENGTH: 4\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(
             check(Version::HTTP_11, &te, Some(raw), LIMITS),
-            Err(AMBIGUOUS)
+            Err(Refusal::AmbiguousFraming)
         );
         for raw in [
             &b"POST / HTTP/1.1\r\nTransfer-Encoding: \tchunked\r\n\r\n"[..],
@@ -169,7 +171,7 @@ mod tests {
         ] {
             assert_eq!(
                 check(Version::HTTP_11, &te, Some(raw), LIMITS),
-                Err(AMBIGUOUS)
+                Err(Refusal::AmbiguousFraming)
             );
         }
         let ok = b"POST / HTTP/1.1\r\nHost: x\r\ntransfer-encoding: Chunked\r\n\r\n";
@@ -178,11 +180,17 @@ mod tests {
 
     #[test]
     fn upgrades_and_oversized_heads_are_refused() {
-        assert_eq!(chk(&[("upgrade", "websocket")]), Err(UPGRADE));
+        assert_eq!(
+            chk(&[("upgrade", "websocket")]),
+            Err(Refusal::UpgradeRefused)
+        );
         let many: Vec<(String, String)> = (0..11).map(|i| (format!("x-{i}"), "v".into())).collect();
         let many: Vec<(&str, &str)> = many.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-        assert_eq!(chk(&many), Err(TOO_MANY));
+        assert_eq!(chk(&many), Err(Refusal::HeadersTooLarge));
         let big = "a".repeat(1000);
-        assert_eq!(chk(&[("authorization", &big)]), Err(TOO_MANY));
+        assert_eq!(
+            chk(&[("authorization", &big)]),
+            Err(Refusal::HeadersTooLarge)
+        );
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod answer;
 pub mod auth;
 pub mod client_ip;
 pub mod clock;
@@ -26,6 +27,7 @@ use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
+use auth::limiter::{FailureLimiter, LimiterConfig};
 use auth::usage::{UsageFlusher, UsageRecorder};
 use auth::Verifier;
 use config::{Config, StoreConfig};
@@ -100,11 +102,18 @@ pub fn build(config: Config) -> Result<Built, StartError> {
 
     let page_tokens = page_token_key(store.as_ref())?;
     let key_format = KeyFormat::new(&config.key_prefix);
+    let limiter = Arc::new(FailureLimiter::new(LimiterConfig {
+        limit: config.limits.failed_auth_per_ip,
+        window: config.limits.failed_auth_window,
+        max_clients: config.limits.failed_auth_max_clients,
+        ipv6_prefix: config.limits.failed_auth_ipv6_prefix,
+    }));
     let verifier = Arc::new(Verifier::new(
         key_format.clone(),
         &config.cache,
         store.clone(),
         metrics.clone(),
+        limiter.clone(),
     ));
     let usage = Arc::new(UsageRecorder::new(store.clone(), metrics.clone()));
 
@@ -156,6 +165,7 @@ pub fn build(config: Config) -> Result<Built, StartError> {
             key_format,
             clock: Default::default(),
             page_tokens,
+            limiter,
         },
         verifier,
         usage: usage.clone(),
@@ -170,10 +180,6 @@ pub fn build(config: Config) -> Result<Built, StartError> {
             max_headers: config.limits.max_headers,
             max_header_bytes: config.limits.max_header_bytes,
         },
-        limiter: auth::limiter::FailureLimiter::new(
-            config.limits.failed_auth_per_ip,
-            config.limits.failed_auth_window,
-        ),
         trusted_proxies: client_ip::TrustedProxies::new(config.server.trusted_proxies.clone()),
     };
     let mut app = pingora::proxy::HttpProxy::new(gateway, server.configuration.clone());

@@ -188,10 +188,14 @@ fn distinct_unknown_keys_are_bounded_by_the_failure_limit() {
         setup_with("[limits]\nfailed_auth_per_ip = 50\nfailed_auth_window_seconds = 60\n");
     let format = agentry_gateway::keys::KeyFormat::new("agk");
     let valid = new_key(&g);
+    // Cached before the flood.
+    assert_eq!(g.call("GET", P, &valid).status, 200);
+    let uncached = new_key(&g);
     let before = store_lookups(&g);
     let mut c = KeepAlive::connect(g.addr);
     let mut statuses = std::collections::BTreeMap::new();
     let mut retry_after = None;
+    let started = std::time::Instant::now();
     for _ in 0..10_000 {
         let auth = format!("Bearer {}", format.generate().plaintext);
         let r = c.send("GET", P, &[("Authorization", &auth)]);
@@ -202,12 +206,29 @@ fn distinct_unknown_keys_are_bounded_by_the_failure_limit() {
     }
     assert_eq!(statuses.get(&401), Some(&50), "{statuses:?}");
     assert_eq!(statuses.get(&429), Some(&9_950), "{statuses:?}");
-    assert_eq!(retry_after.as_deref(), Some("60"));
+    // Retry-After: what is left of the client's window, which began with its first failure.
+    let left: u64 = retry_after.unwrap().parse().unwrap();
+    let elapsed = started.elapsed().as_secs();
+    assert!(
+        left <= 60 && left + elapsed + 1 >= 60,
+        "{left} s left after {elapsed} s"
+    );
     assert_eq!(store_lookups(&g) - before, 50.0);
-    // A key already cached still works from that client; a new one is refused until the window ends.
-    let r = g.call("GET", P, &valid);
-    assert!(r.status == 200 || r.status == 429, "{}", r.status);
-    // Management tokens count too.
+    // A key already cached still works from that client, and so does a management token:
+    // neither needs a store query. A key not yet cached is refused until the window ends.
+    assert_eq!(g.call("GET", P, &valid).status, 200);
+    let r = g.mgmt(
+        "GET",
+        &format!("/human/v0/inboxes/{SUPPORT}/api-keys"),
+        ADMIN_TOKEN,
+        None,
+    );
+    assert_eq!(r.status, 200);
+    let r = g.call("GET", P, &uncached);
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["code"], "too_many_failed_authentications");
+    assert_eq!(store_lookups(&g) - before, 50.0);
+    // A wrong management token counts too.
     let r = g.mgmt(
         "GET",
         &format!("/human/v0/inboxes/{SUPPORT}/api-keys"),
@@ -906,4 +927,150 @@ fn targets_pingora_would_rewrite_are_refused() {
         &format!("\r\nGET {P}/m HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {key}\r\n\r\n"),
     );
     assert_eq!(rs[0].status, 200);
+}
+
+/// A gateway that believes X-Forwarded-For from loopback, so one test can be many clients.
+fn many_clients_gateway(limit: u32) -> (Gateway, Upstream) {
+    let up = Upstream::start();
+    let body = format!(
+        "[limits]\nfailed_auth_per_ip = {limit}\nfailed_auth_window_seconds = 60\n{}\n{}",
+        standard_auth_toml(),
+        upstream_toml(&[up.addr], "")
+    );
+    let g = Gateway::start_with(&body, "trusted_proxies = [\"127.0.0.1/32\"]");
+    (g, up)
+}
+
+#[test]
+fn failing_clients_never_lock_out_clients_that_never_failed() {
+    let (g, _up) = many_clients_gateway(3);
+    let format = agentry_gateway::keys::KeyFormat::new("agk");
+    let mut c = KeepAlive::connect(g.addr);
+    // 600 addresses (IPv4, and IPv6 in distinct /64s) each fail past their limit.
+    for i in 0..600u32 {
+        let ip = if i % 2 == 0 {
+            format!("10.{}.{}.{}", i >> 16 & 255, i >> 8 & 255, i & 255)
+        } else {
+            format!("2001:db8:{:x}:{:x}::1", i >> 16, i & 0xffff)
+        };
+        for n in 0..4 {
+            let auth = format!("Bearer {}", format.generate().plaintext);
+            let r = c.send(
+                "GET",
+                P,
+                &[("Authorization", &auth), ("X-Forwarded-For", &ip)],
+            );
+            assert_eq!(r.status, if n < 3 { 401 } else { 429 }, "{ip} #{n}");
+        }
+    }
+    // 50 fresh clients: valid management tokens and valid, never-cached keys all pass.
+    for i in 0..50u32 {
+        let ip = format!("192.0.2.{}", i + 1);
+        let key = g.create_key(SUPPORT, &format!("fresh{i}"))["api_key"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let auth = format!("Bearer {key}");
+        let r = c.send(
+            "GET",
+            P,
+            &[("Authorization", &auth), ("X-Forwarded-For", &ip)],
+        );
+        assert_eq!(r.status, 200, "{ip}");
+        let admin = format!("Bearer {ADMIN_TOKEN}");
+        let r = c.send(
+            "GET",
+            &format!("/human/v0/inboxes/{SUPPORT}/api-keys?limit=1"),
+            &[("Authorization", &admin), ("X-Forwarded-For", &ip)],
+        );
+        assert_eq!(r.status, 200, "{ip}");
+    }
+}
+
+#[test]
+fn ipv6_clients_are_limited_by_their_64() {
+    let (g, _up) = many_clients_gateway(3);
+    let format = agentry_gateway::keys::KeyFormat::new("agk");
+    let mut c = KeepAlive::connect(g.addr);
+    let mut send = |ip: &str| {
+        let auth = format!("Bearer {}", format.generate().plaintext);
+        c.send(
+            "GET",
+            P,
+            &[("Authorization", &auth), ("X-Forwarded-For", ip)],
+        )
+        .status
+    };
+    // Three addresses of one /64 share its budget...
+    assert_eq!(send("2001:db8:1:2::1"), 401);
+    assert_eq!(send("2001:db8:1:2::ffff"), 401);
+    assert_eq!(send("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), 401);
+    for suffix in ["::2", "::1:2", ":ffff:ffff:ffff:ffff"] {
+        assert_eq!(send(&format!("2001:db8:1:2{suffix}")), 429, "{suffix}");
+    }
+    // ...another /64 has its own.
+    assert_eq!(send("2001:db8:1:3::1"), 401);
+    // IPv4-mapped is the IPv4 client.
+    assert_eq!(send("203.0.113.9"), 401);
+    assert_eq!(send("::ffff:203.0.113.9"), 401);
+    assert_eq!(send("203.0.113.9"), 401);
+    assert_eq!(send("::ffff:203.0.113.9"), 429);
+}
+
+#[test]
+fn concurrent_connections_of_one_client_get_exactly_the_limit_of_lookups() {
+    let (g, _up) =
+        setup_with("[limits]\nfailed_auth_per_ip = 40\nfailed_auth_window_seconds = 60\n");
+    let before = store_lookups(&g);
+    let addr = g.addr;
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let format = agentry_gateway::keys::KeyFormat::new("agk");
+                let mut c = KeepAlive::connect(addr);
+                let mut statuses = Vec::new();
+                for _ in 0..60 {
+                    let auth = format!("Bearer {}", format.generate().plaintext);
+                    statuses.push(c.send("GET", P, &[("Authorization", &auth)]).status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    let all: Vec<u16> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert_eq!(all.iter().filter(|&&s| s == 401).count(), 40);
+    assert_eq!(all.iter().filter(|&&s| s == 429).count(), 480 - 40);
+    assert_eq!(store_lookups(&g) - before, 40.0);
+}
+
+#[test]
+fn requests_without_a_credential_do_not_count_towards_the_limit() {
+    let (g, _up) =
+        setup_with("[limits]\nfailed_auth_per_ip = 3\nfailed_auth_window_seconds = 60\n");
+    let mut c = KeepAlive::connect(g.addr);
+    for _ in 0..50 {
+        let r = c.send("GET", P, &[]);
+        assert_eq!(r.status, 401);
+        assert_eq!(r.json()["code"], "missing_authorization");
+        let r = c.send("GET", &format!("/human/v0/inboxes/{SUPPORT}/api-keys"), &[]);
+        assert_eq!(r.status, 401);
+        assert_eq!(r.json()["code"], "missing_authorization");
+    }
+    // The client still has its whole budget: three failures, then 429.
+    let format = agentry_gateway::keys::KeyFormat::new("agk");
+    for n in 0..4 {
+        let auth = format!("Bearer {}", format.generate().plaintext);
+        let r = c.send("GET", P, &[("Authorization", &auth)]);
+        assert_eq!(r.status, if n < 3 { 401 } else { 429 });
+    }
+    let r = c.send(
+        "GET",
+        &format!("/human/v0/inboxes/{SUPPORT}/api-keys"),
+        &[("Authorization", "Bearer agm_wrong")],
+    );
+    assert_eq!(r.status, 429);
+    assert!(r.header("retry-after").is_some());
 }

@@ -169,8 +169,11 @@ mod tests {
             },
             store.clone(),
             Arc::new(Metrics::new(&[], &[])),
+            Arc::new(crate::auth::limiter::FailureLimiter::disabled()),
         );
-        v.verify(m.plaintext.as_bytes()).await.unwrap()
+        v.authenticate_key(m.plaintext.as_bytes(), None)
+            .await
+            .unwrap()
     }
 
     #[tokio::test]

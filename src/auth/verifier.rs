@@ -1,16 +1,22 @@
-//! Key verification: parse + checksum → SHA-256 → positive cache → negative cache → store.
+//! Key verification, credential → identity in one call (`Verifier::authenticate`):
+//! `Authorization` header → parse + checksum → SHA-256 → positive cache → negative cache →
+//! failed-auth limiter → store.
 //!
 //! The positive cache holds identities by key hash; concurrent misses for one key are coalesced
 //! into a single store query (moka `try_get_with`). Unknown keys land in a short-lived negative
 //! cache. Store failures are never cached, so cached keys keep working through a store outage
-//! and uncached ones are retried once it recovers.
+//! and uncached ones are retried once it recovers. Only a miss takes a limiter reservation:
+//! a cached key is never refused by the limiter.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64};
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue};
 use moka::future::Cache;
 
+use super::limiter::{Blocked, FailureLimiter};
+use crate::answer::{self, Answer};
 use crate::config::CacheConfig;
 use crate::keys::{hash_secret, hashes_equal, KeyFormat, KeyFormatError, KeyHash};
 use crate::metrics::{Metrics, Rejection};
@@ -64,6 +70,8 @@ pub enum AuthFailure {
     Unknown,
     /// The store could not be asked.
     StoreUnavailable,
+    /// The client has failed too often: refused before any store query.
+    RateLimited(Blocked),
 }
 
 impl AuthFailure {
@@ -75,7 +83,24 @@ impl AuthFailure {
             AuthFailure::Checksum => Rejection::BadChecksum,
             AuthFailure::Unknown => Rejection::UnknownKey,
             AuthFailure::StoreUnavailable => Rejection::StoreUnavailable,
+            AuthFailure::RateLimited(_) => Rejection::RateLimited,
         }
+    }
+
+    /// The answer to this failure: every kind of bad key answers identically.
+    pub fn answer(self) -> Answer {
+        let a = match self {
+            AuthFailure::Missing => answer::MISSING_AUTHORIZATION.answer(),
+            AuthFailure::StoreUnavailable => answer::AUTH_UNAVAILABLE.answer(),
+            AuthFailure::RateLimited(b) => answer::TOO_MANY_FAILED_AUTHENTICATIONS
+                .answer()
+                .retry_after(b.retry_after_secs),
+            AuthFailure::Duplicate
+            | AuthFailure::Malformed
+            | AuthFailure::Checksum
+            | AuthFailure::Unknown => answer::INVALID_API_KEY.answer(),
+        };
+        a.because(self.rejection())
     }
 }
 
@@ -101,7 +126,7 @@ pub fn bearer_credential(headers: &HeaderMap) -> Result<&[u8], AuthFailure> {
 }
 
 /// The outcome of the cache path.
-pub enum Cached {
+enum Cached {
     Hit(Arc<ApiKeyIdentity>),
     /// Not cached either way: the store must be asked about this hash.
     Miss(KeyHash),
@@ -122,6 +147,7 @@ pub struct Verifier {
     revoked: Cache<KeyHash, ()>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    limiter: Arc<FailureLimiter>,
 }
 
 impl Verifier {
@@ -130,6 +156,7 @@ impl Verifier {
         cache: &CacheConfig,
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
+        limiter: Arc<FailureLimiter>,
     ) -> Verifier {
         Verifier {
             format,
@@ -147,6 +174,7 @@ impl Verifier {
                 .build(),
             store,
             metrics,
+            limiter,
         }
     }
 
@@ -155,16 +183,65 @@ impl Verifier {
         &self.format
     }
 
-    /// Verifies a presented key: the cache path, then the store on a miss.
-    pub async fn verify(&self, key: &[u8]) -> Result<Arc<ApiKeyIdentity>, AuthFailure> {
-        match self.check_cached(key).await? {
-            Cached::Hit(id) => Ok(id),
-            Cached::Miss(hash) => self.load(hash).await,
+    /// The whole credential → identity path of one request: the `Authorization` header, the
+    /// key's format, the caches, the failed-auth limiter of `client` (before any store query)
+    /// and the store. No credential at all is not counted as a failure: it costs nothing.
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        client: Option<IpAddr>,
+    ) -> Result<Arc<ApiKeyIdentity>, AuthFailure> {
+        let key = match bearer_credential(headers) {
+            Ok(key) => key,
+            Err(AuthFailure::Missing) => return Err(AuthFailure::Missing),
+            Err(f) => return Err(self.failed(client, f)),
+        };
+        self.authenticate_key(key, client).await
+    }
+
+    /// [`Verifier::authenticate`] for a key already taken out of its header.
+    pub async fn authenticate_key(
+        &self,
+        key: &[u8],
+        client: Option<IpAddr>,
+    ) -> Result<Arc<ApiKeyIdentity>, AuthFailure> {
+        let hash = match self.check_cached(key).await {
+            Ok(Cached::Hit(id)) => return Ok(id),
+            Ok(Cached::Miss(hash)) => hash,
+            Err(f) => return Err(self.failed(client, f)),
+        };
+        // Only misses reach the store: gate them on the client's failures, exactly.
+        let reservation = self
+            .limiter
+            .reserve(client)
+            .map_err(AuthFailure::RateLimited)?;
+        match self.load(hash).await {
+            Ok(id) => {
+                reservation.release();
+                Ok(id)
+            }
+            // An outage is not the client's failure.
+            Err(f @ AuthFailure::StoreUnavailable) => {
+                reservation.release();
+                Err(f)
+            }
+            Err(f) => {
+                reservation.keep();
+                Err(f)
+            }
+        }
+    }
+
+    /// A failure that needed no store query: counted, or 429 once the client is at its limit.
+    fn failed(&self, client: Option<IpAddr>, f: AuthFailure) -> AuthFailure {
+        match self.limiter.fail(client) {
+            Ok(()) => f,
+            Err(b) => AuthFailure::RateLimited(b),
         }
     }
 
     /// Format check, hash, positive and negative cache: everything but the store.
-    pub async fn check_cached(&self, key: &[u8]) -> Result<Cached, AuthFailure> {
+    async fn check_cached(&self, key: &[u8]) -> Result<Cached, AuthFailure> {
         self.format.check(key).map_err(|e| match e {
             KeyFormatError::Malformed => AuthFailure::Malformed,
             KeyFormatError::Checksum => AuthFailure::Checksum,
@@ -183,7 +260,7 @@ impl Verifier {
     }
 
     /// Looks a key hash up in the store (coalesced with concurrent lookups of the same hash).
-    pub async fn load(&self, hash: KeyHash) -> Result<Arc<ApiKeyIdentity>, AuthFailure> {
+    async fn load(&self, hash: KeyHash) -> Result<Arc<ApiKeyIdentity>, AuthFailure> {
         let store = self.store.clone();
         let loaded = self
             .positive
@@ -326,6 +403,7 @@ mod pipeline_tests {
             &cache(),
             store.clone(),
             Arc::new(Metrics::new(&[], &[])),
+            Arc::new(FailureLimiter::disabled()),
         );
         (store, v, m.plaintext)
     }
@@ -339,7 +417,7 @@ mod pipeline_tests {
             .map(|_| {
                 let v = v.clone();
                 let key = key.clone();
-                tokio::spawn(async move { v.verify(key.as_bytes()).await.is_ok() })
+                tokio::spawn(async move { v.authenticate_key(key.as_bytes(), None).await.is_ok() })
             })
             .collect();
         for t in tasks {
@@ -352,14 +430,14 @@ mod pipeline_tests {
             .map(|_| {
                 let v = v.clone();
                 let k = unknown.clone();
-                tokio::spawn(async move { v.verify(k.as_bytes()).await })
+                tokio::spawn(async move { v.authenticate_key(k.as_bytes(), None).await })
             })
             .collect();
         for t in tasks {
             assert_eq!(t.await.unwrap().err(), Some(AuthFailure::Unknown));
         }
         assert_eq!(
-            v.verify(unknown.as_bytes()).await.err(),
+            v.authenticate_key(unknown.as_bytes(), None).await.err(),
             Some(AuthFailure::Unknown)
         );
         assert_eq!(store.lookups.load(Ordering::SeqCst), 2);
@@ -370,10 +448,16 @@ mod pipeline_tests {
         let (store, v, key) = setup().await;
         let mut bad = key.clone().into_bytes();
         bad[10] = if bad[10] == b'a' { b'b' } else { b'a' };
-        assert_eq!(v.verify(&bad).await.err(), Some(AuthFailure::Checksum));
-        assert_eq!(v.verify(b"agk_x").await.err(), Some(AuthFailure::Malformed));
         assert_eq!(
-            v.verify(&vec![b'a'; 1 << 20]).await.err(),
+            v.authenticate_key(&bad, None).await.err(),
+            Some(AuthFailure::Checksum)
+        );
+        assert_eq!(
+            v.authenticate_key(b"agk_x", None).await.err(),
+            Some(AuthFailure::Malformed)
+        );
+        assert_eq!(
+            v.authenticate_key(&vec![b'a'; 1 << 20], None).await.err(),
             Some(AuthFailure::Malformed)
         );
         assert_eq!(store.lookups.load(Ordering::SeqCst), 0);
@@ -382,18 +466,18 @@ mod pipeline_tests {
     #[tokio::test]
     async fn store_outage_keeps_cached_keys_and_does_not_cache_unknown() {
         let (store, v, key) = setup().await;
-        assert!(v.verify(key.as_bytes()).await.is_ok());
+        assert!(v.authenticate_key(key.as_bytes(), None).await.is_ok());
         store.failing.store(true, Ordering::SeqCst);
-        assert!(v.verify(key.as_bytes()).await.is_ok());
+        assert!(v.authenticate_key(key.as_bytes(), None).await.is_ok());
         // An uncached key: the outage is reported, and not remembered as "unknown".
         let other = KeyFormat::new("agk").generate().plaintext;
         assert_eq!(
-            v.verify(other.as_bytes()).await.err(),
+            v.authenticate_key(other.as_bytes(), None).await.err(),
             Some(AuthFailure::StoreUnavailable)
         );
         store.failing.store(false, Ordering::SeqCst);
         assert_eq!(
-            v.verify(other.as_bytes()).await.err(),
+            v.authenticate_key(other.as_bytes(), None).await.err(),
             Some(AuthFailure::Unknown)
         );
     }
@@ -401,12 +485,111 @@ mod pipeline_tests {
     #[tokio::test]
     async fn revoked_keys_stop_at_once() {
         let (store, v, key) = setup().await;
-        let id = v.verify(key.as_bytes()).await.unwrap();
+        let id = v.authenticate_key(key.as_bytes(), None).await.unwrap();
         store.delete_key("i@x", "key_1").await.unwrap();
         v.revoke(&id.hash).await;
         assert_eq!(
-            v.verify(key.as_bytes()).await.err(),
+            v.authenticate_key(key.as_bytes(), None).await.err(),
             Some(AuthFailure::Unknown)
         );
+    }
+
+    fn headers_with(key: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {key}")).unwrap(),
+        );
+        h
+    }
+
+    async fn limited(limit: u32) -> (Arc<MemoryStore>, Arc<Verifier>, String) {
+        use crate::auth::limiter::LimiterConfig;
+        let store = Arc::new(MemoryStore::default());
+        let format = KeyFormat::new("agk");
+        let m = format.generate();
+        store.add_key("key_1", "i@x", m.hash);
+        let limiter = FailureLimiter::new(LimiterConfig {
+            limit,
+            window: Duration::from_secs(60),
+            max_clients: 1000,
+            ipv6_prefix: 64,
+        });
+        let v = Verifier::new(
+            format,
+            &cache(),
+            store.clone(),
+            Arc::new(Metrics::new(&[], &[])),
+            Arc::new(limiter),
+        );
+        (store, Arc::new(v), m.plaintext)
+    }
+
+    #[tokio::test]
+    async fn concurrent_unknown_keys_from_one_client_make_exactly_limit_lookups() {
+        let (store, v, _) = limited(10).await;
+        *store.lookup_delay.lock() = Some(Duration::from_millis(20));
+        let client: Option<std::net::IpAddr> = Some("10.0.0.1".parse().unwrap());
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let v = v.clone();
+                let k = KeyFormat::new("agk").generate().plaintext;
+                tokio::spawn(async move { v.authenticate(&headers_with(&k), client).await })
+            })
+            .collect();
+        let mut limited = 0;
+        for t in tasks {
+            match t.await.unwrap().err() {
+                Some(AuthFailure::RateLimited(_)) => limited += 1,
+                Some(AuthFailure::Unknown) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(store.lookups.load(Ordering::SeqCst), 10);
+        assert_eq!(limited, 54);
+    }
+
+    #[tokio::test]
+    async fn a_blocked_client_keeps_its_cached_key_and_others_are_untouched() {
+        let (store, v, key) = limited(3).await;
+        let bad: Option<std::net::IpAddr> = Some("10.0.0.1".parse().unwrap());
+        // The key is cached by another client first.
+        assert!(v.authenticate(&headers_with(&key), None).await.is_ok());
+        for _ in 0..3 {
+            let k = KeyFormat::new("agk").generate().plaintext;
+            assert_eq!(
+                v.authenticate(&headers_with(&k), bad).await.err(),
+                Some(AuthFailure::Unknown)
+            );
+        }
+        let k = KeyFormat::new("agk").generate().plaintext;
+        assert!(matches!(
+            v.authenticate(&headers_with(&k), bad).await.err(),
+            Some(AuthFailure::RateLimited(_))
+        ));
+        // Garbage from a blocked client: 429 too, never a lookup.
+        assert!(matches!(
+            v.authenticate(&headers_with("agk_x"), bad).await.err(),
+            Some(AuthFailure::RateLimited(_))
+        ));
+        assert!(v.authenticate(&headers_with(&key), bad).await.is_ok());
+        // No credential at all is not a failure, and not refused.
+        assert_eq!(
+            v.authenticate(&HeaderMap::new(), bad).await.err(),
+            Some(AuthFailure::Missing)
+        );
+        let fresh: Option<std::net::IpAddr> = Some("10.0.0.2".parse().unwrap());
+        for _ in 0..50 {
+            assert_eq!(
+                v.authenticate(&HeaderMap::new(), fresh).await.err(),
+                Some(AuthFailure::Missing)
+            );
+        }
+        let k = KeyFormat::new("agk").generate().plaintext;
+        assert_eq!(
+            v.authenticate(&headers_with(&k), fresh).await.err(),
+            Some(AuthFailure::Unknown)
+        );
+        assert_eq!(store.lookups.load(Ordering::SeqCst), 5);
     }
 }

@@ -1,24 +1,10 @@
 //! Management API errors, mapped in exactly one place to `{"name", "code", "message"}` JSON.
 
-use serde::Serialize;
-
+pub use crate::answer::FieldError;
+use crate::answer::{render_error, Answer};
+use crate::auth::limiter::Blocked;
+use crate::metrics::Rejection;
 use crate::store::StoreError;
-
-/// One problem with one input, for `ValidationError.errors`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FieldError {
-    pub path: Vec<String>,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(path: &[&str], message: impl Into<String>) -> FieldError {
-        FieldError {
-            path: path.iter().map(|s| (*s).to_owned()).collect(),
-            message: message.into(),
-        }
-    }
-}
 
 /// Everything the management API can answer besides success.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +18,8 @@ pub enum ApiError {
     MissingAuthorization,
     #[error("invalid management token")]
     InvalidToken,
+    #[error("too many failed authentications")]
+    RateLimited(Blocked),
     #[error("not found")]
     NotFound(NotFound),
     #[error("method not allowed")]
@@ -63,15 +51,6 @@ impl From<StoreError> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    name: &'a str,
-    code: &'a str,
-    message: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    errors: Option<&'a [FieldError]>,
-}
-
 impl ApiError {
     pub fn validation(path: &[&str], message: impl Into<String>) -> ApiError {
         let message = message.into();
@@ -85,6 +64,7 @@ impl ApiError {
         match self {
             ApiError::Validation { .. } => 400,
             ApiError::MissingAuthorization | ApiError::InvalidToken => 401,
+            ApiError::RateLimited(_) => 429,
             ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::PayloadTooLarge { .. } => 413,
@@ -111,6 +91,11 @@ impl ApiError {
                 "AuthenticationError",
                 "invalid_token",
                 "the management token is not valid".into(),
+            ),
+            ApiError::RateLimited(_) => (
+                "RateLimitError",
+                "too_many_failed_authentications",
+                "too many failed authentications from this client; retry later".into(),
             ),
             ApiError::NotFound(NotFound::Route) => (
                 "NotFoundError",
@@ -157,12 +142,24 @@ impl ApiError {
             ApiError::Validation { errors, .. } => Some(errors.as_slice()),
             _ => None,
         };
-        serde_json::to_vec(&Body {
-            name,
-            code,
-            message: &message,
-            errors,
-        })
-        .unwrap_or_else(|_| b"{\"name\":\"InternalError\",\"code\":\"internal_error\",\"message\":\"internal error\"}".to_vec())
+        render_error(name, code, &message, errors)
+    }
+
+    /// The answer the gateway writes for this error.
+    pub fn answer(&self) -> Answer {
+        let mut a = Answer::json(self.status(), self.body());
+        match self {
+            ApiError::MethodNotAllowed { allow } => a.allow = Some(allow),
+            ApiError::MissingAuthorization | ApiError::InvalidToken => a.www_authenticate = true,
+            ApiError::RateLimited(b) => {
+                a = a
+                    .retry_after(b.retry_after_secs)
+                    .because(Rejection::RateLimited)
+            }
+            // The rest of an oversized body is never read: close instead.
+            ApiError::PayloadTooLarge { .. } => a.close = true,
+            _ => {}
+        }
+        a
     }
 }

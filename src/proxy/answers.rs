@@ -1,91 +1,21 @@
-//! The fixed JSON answers of the proxy path (refusals and upstream failures).
+//! How the proxy path turns what went wrong into an [`Answer`]: refused targets, and upstream
+//! failures classified from pingora's error (a pure function, tested without sockets).
 
-use bytes::Bytes;
-
-use crate::auth::AuthFailure;
 use http::header;
 use pingora::http::RequestHeader;
+use pingora::{ErrorSource, ErrorType};
 
-/// A JSON error of the proxy path: status and body, fixed per reason.
-pub(super) struct ProxyError {
-    pub status: u16,
-    pub body: &'static str,
-    pub www_authenticate: bool,
-}
+use crate::answer::{self, Answer, Fixed};
+use crate::metrics::{Rejection, UpstreamError};
+use crate::target::TargetError;
 
-pub(super) const ERR_MISSING_AUTH: ProxyError = ProxyError {
-    status: 401,
-    body: r#"{"name":"AuthenticationError","code":"missing_authorization","message":"Authorization: Bearer <api key> is required"}"#,
-    www_authenticate: true,
-};
-pub(super) const ERR_INVALID_KEY: ProxyError = ProxyError {
-    status: 401,
-    body: r#"{"name":"AuthenticationError","code":"invalid_api_key","message":"the API key is not valid"}"#,
-    www_authenticate: true,
-};
-pub(super) const ERR_FORBIDDEN: ProxyError = ProxyError {
-    status: 403,
-    body: r#"{"name":"PermissionDeniedError","code":"forbidden_inbox","message":"the API key may not access this inbox"}"#,
-    www_authenticate: false,
-};
-pub(super) const ERR_NO_ROUTE: ProxyError = ProxyError {
-    status: 404,
-    body: r#"{"name":"NotFoundError","code":"route_not_found","message":"no route matches this path"}"#,
-    www_authenticate: false,
-};
-pub(super) const ERR_AUTH_UNAVAILABLE: ProxyError = ProxyError {
-    status: 503,
-    body: r#"{"name":"ServiceUnavailableError","code":"auth_unavailable","message":"the key store is unavailable; retry later"}"#,
-    www_authenticate: false,
-};
-pub(super) const ERR_NO_BACKEND: ProxyError = ProxyError {
-    status: 503,
-    body: r#"{"name":"ServiceUnavailableError","code":"no_healthy_upstream","message":"no healthy upstream address"}"#,
-    www_authenticate: false,
-};
-pub(super) const ERR_BAD_GATEWAY: ProxyError = ProxyError {
-    status: 502,
-    body: r#"{"name":"BadGatewayError","code":"upstream_error","message":"the upstream failed to answer"}"#,
-    www_authenticate: false,
-};
-pub(super) const ERR_GATEWAY_TIMEOUT: ProxyError = ProxyError {
-    status: 504,
-    body: r#"{"name":"GatewayTimeoutError","code":"upstream_timeout","message":"the upstream did not answer in time"}"#,
-    www_authenticate: false,
-};
-pub(super) const ERR_BAD_REQUEST: ProxyError = ProxyError {
-    status: 400,
-    body: r#"{"name":"BadRequestError","code":"bad_request","message":"the request could not be processed"}"#,
-    www_authenticate: false,
-};
-pub(super) const ERR_RATE_LIMITED: ProxyError = ProxyError {
-    status: 429,
-    body: r#"{"name":"RateLimitError","code":"too_many_failed_authentications","message":"too many failed authentications from this client; retry later"}"#,
-    www_authenticate: false,
-};
-pub(super) const ERR_KEY_IN_QUERY: ProxyError = ProxyError {
-    status: 400,
-    body: r#"{"name":"ValidationError","code":"credential_in_query","message":"API keys are not accepted in the query string; send Authorization: Bearer <key>"}"#,
-    www_authenticate: false,
-};
-pub(super) const ERR_KEY_IN_PATH: ProxyError = ProxyError {
-    status: 400,
-    body: r#"{"name":"ValidationError","code":"credential_in_path","message":"API keys are not accepted in the path; send Authorization: Bearer <key>"}"#,
-    www_authenticate: false,
-};
-pub(super) const ERR_INTERNAL: ProxyError = ProxyError {
-    status: 500,
-    body: r#"{"name":"InternalError","code":"internal_error","message":"internal error"}"#,
-    www_authenticate: false,
-};
+/// The error type of "no healthy upstream address".
+pub(super) const NO_HEALTHY_BACKEND: ErrorType = ErrorType::Custom("no_healthy_backend");
 
-pub(super) fn error_json(name: &str, code: &str, message: &str) -> Bytes {
-    let body = serde_json::json!({ "name": name, "code": code, "message": message });
-    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
-}
-
-pub(super) fn target_error_body(e: crate::target::TargetError) -> Bytes {
-    error_json("ValidationError", "bad_request_target", e.message())
+/// The answer to a refused request target.
+pub(super) fn target_answer(e: TargetError) -> Answer {
+    Answer::error(400, "ValidationError", "bad_request_target", e.message())
+        .because(Rejection::BadRequestTarget)
 }
 
 /// Whether the request carries a body we would otherwise leave unread.
@@ -97,14 +27,134 @@ pub(super) fn has_body(req: &RequestHeader) -> bool {
             .is_some_and(|v| v.as_bytes() != b"0")
 }
 
-/// The answer to an authentication failure: every kind of bad key answers identically.
-pub(super) fn auth_answer(f: AuthFailure) -> &'static ProxyError {
-    match f {
-        AuthFailure::Missing => &ERR_MISSING_AUTH,
-        AuthFailure::StoreUnavailable => &ERR_AUTH_UNAVAILABLE,
-        AuthFailure::Duplicate
-        | AuthFailure::Malformed
-        | AuthFailure::Checksum
-        | AuthFailure::Unknown => &ERR_INVALID_KEY,
+/// What a failed proxy attempt means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Failure {
+    /// The answer for the client; `None` when the client itself went away.
+    pub answer: Option<&'static Fixed>,
+    /// The upstream's share of the blame, when it has one (for `upstream_errors_total`).
+    pub upstream: Option<UpstreamError>,
+}
+
+/// Classifies a pingora error from the proxy phase.
+pub(super) fn classify(etype: &ErrorType, source: &ErrorSource) -> Failure {
+    use ErrorType::*;
+    let (answer, reason): (Option<&'static Fixed>, UpstreamError) = match etype {
+        t if *t == NO_HEALTHY_BACKEND => (
+            Some(&answer::NO_HEALTHY_UPSTREAM),
+            UpstreamError::NoHealthyBackend,
+        ),
+        ConnectTimedout | ReadTimedout | WriteTimedout => {
+            (Some(&answer::UPSTREAM_TIMEOUT), UpstreamError::Timeout)
+        }
+        ConnectRefused => (Some(&answer::UPSTREAM_ERROR), UpstreamError::Refused),
+        ConnectionClosed | ReadError | WriteError if *source == ErrorSource::Upstream => {
+            (Some(&answer::UPSTREAM_ERROR), UpstreamError::Reset)
+        }
+        _ => match source {
+            ErrorSource::Upstream => (Some(&answer::UPSTREAM_ERROR), UpstreamError::Other),
+            ErrorSource::Downstream => match etype {
+                // The client went away: nobody to answer.
+                WriteError | ReadError | ConnectionClosed => (None, UpstreamError::Other),
+                _ => (Some(&answer::BAD_REQUEST), UpstreamError::Other),
+            },
+            _ => (Some(&answer::INTERNAL), UpstreamError::Other),
+        },
+    };
+    let blames_upstream = *source == ErrorSource::Upstream || *etype == NO_HEALTHY_BACKEND;
+    Failure {
+        answer,
+        upstream: blames_upstream.then_some(reason),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_failures_are_classified() {
+        let up = ErrorSource::Upstream;
+        let down = ErrorSource::Downstream;
+        let cases: &[(ErrorType, &ErrorSource, Option<u16>, Option<UpstreamError>)] = &[
+            (
+                NO_HEALTHY_BACKEND,
+                &ErrorSource::Internal,
+                Some(503),
+                Some(UpstreamError::NoHealthyBackend),
+            ),
+            (
+                ErrorType::ConnectTimedout,
+                &up,
+                Some(504),
+                Some(UpstreamError::Timeout),
+            ),
+            (
+                ErrorType::ReadTimedout,
+                &up,
+                Some(504),
+                Some(UpstreamError::Timeout),
+            ),
+            (
+                ErrorType::WriteTimedout,
+                &up,
+                Some(504),
+                Some(UpstreamError::Timeout),
+            ),
+            (
+                ErrorType::ConnectRefused,
+                &up,
+                Some(502),
+                Some(UpstreamError::Refused),
+            ),
+            (
+                ErrorType::ConnectionClosed,
+                &up,
+                Some(502),
+                Some(UpstreamError::Reset),
+            ),
+            (
+                ErrorType::ReadError,
+                &up,
+                Some(502),
+                Some(UpstreamError::Reset),
+            ),
+            (
+                ErrorType::InvalidHTTPHeader,
+                &up,
+                Some(502),
+                Some(UpstreamError::Other),
+            ),
+            (ErrorType::ReadError, &down, None, None),
+            (ErrorType::ConnectionClosed, &down, None, None),
+            (ErrorType::ReadTimedout, &down, Some(504), None),
+            (ErrorType::InvalidHTTPHeader, &down, Some(400), None),
+            (
+                ErrorType::InternalError,
+                &ErrorSource::Internal,
+                Some(500),
+                None,
+            ),
+        ];
+        for (etype, source, status, reason) in cases {
+            let f = classify(etype, source);
+            assert_eq!(
+                f.answer.map(|a| a.status),
+                *status,
+                "{etype:?} from {source:?}"
+            );
+            assert_eq!(f.upstream, *reason, "{etype:?} from {source:?}");
+        }
+    }
+
+    #[test]
+    fn refused_targets_answer_json() {
+        let a = target_answer(TargetError::ForbiddenEscape);
+        assert_eq!(a.status, 400);
+        assert_eq!(a.reason, Some(Rejection::BadRequestTarget));
+        let v: serde_json::Value = serde_json::from_slice(a.body.as_bytes()).unwrap();
+        assert_eq!(v["name"], "ValidationError");
+        assert_eq!(v["code"], "bad_request_target");
+        assert_eq!(v["message"], TargetError::ForbiddenEscape.message());
     }
 }

@@ -11,20 +11,20 @@ use pingora::prelude::*;
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorSource, ErrorType};
+use pingora::{Error, ErrorType};
 
 use crate::access_log::{AccessLog, AccessRecord};
-use crate::auth::limiter::FailureLimiter;
+use crate::answer::{self, Answer, Body};
 use crate::auth::usage::UsageRecorder;
-use crate::auth::verifier::{bearer_credential, AuthFailure, Cached};
-use crate::auth::{ApiKeyIdentity, Verifier};
+use crate::auth::{ApiKeyIdentity, AuthFailure, Verifier};
 use crate::client_ip::TrustedProxies;
 use crate::clock::now_us;
 use crate::config::RouteConfig;
-use crate::guard::{self, HeaderLimits};
+use crate::guard::{self, HeaderLimits, Refusal};
 use crate::header_deadline::DeadlineStream;
-use crate::management::{routes::is_management_path, ApiResponse, Management};
-use crate::metrics::{ManagementRoute, Metrics, Rejection, UpstreamError};
+use crate::management::routes::is_management_path;
+use crate::management::{BodySource, Management, PlainRequest};
+use crate::metrics::{ManagementRoute, Metrics, Rejection};
 use crate::target::{
     check_request_line, segment_equals, split_target, validate_path, validate_query, TargetError,
 };
@@ -33,7 +33,7 @@ use crate::upstream::Upstream;
 mod answers;
 mod request_id;
 
-use answers::*;
+use answers::{classify, has_body, target_answer, NO_HEALTHY_BACKEND};
 pub use request_id::RequestIds;
 
 // Header names are `&'static str` where pingora inserts them: its case-preserving map then
@@ -48,7 +48,6 @@ const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 const BEARER: HeaderValue = HeaderValue::from_static("Bearer");
 const HTTP: HeaderValue = HeaderValue::from_static("http");
-const NO_HEALTHY_BACKEND: ErrorType = ErrorType::Custom("no_healthy_backend");
 
 /// The gateway: everything a request needs, built once at start-up.
 pub struct Gateway {
@@ -61,7 +60,6 @@ pub struct Gateway {
     pub access_log: Option<AccessLog>,
     pub request_ids: RequestIds,
     pub header_limits: HeaderLimits,
-    pub limiter: FailureLimiter,
     pub trusted_proxies: TrustedProxies,
 }
 
@@ -82,7 +80,6 @@ pub struct RequestCtx {
     identity: Option<Arc<ApiKeyIdentity>>,
     request_id: Option<HeaderValue>,
     connect_retries: u8,
-    retry_after: Option<u64>,
     /// The target held a key: the access log must not print it.
     redact_target: bool,
 }
@@ -97,30 +94,59 @@ fn is_identity_namespace(name: &HeaderName) -> bool {
             .eq(b"x-agentry-".iter().copied())
 }
 
+/// The pingora session as a management [`BodySource`].
+struct SessionBody<'a>(&'a mut Session);
+
+#[async_trait]
+impl BodySource for SessionBody<'_> {
+    async fn next_chunk(&mut self) -> std::result::Result<Option<Bytes>, String> {
+        self.0
+            .read_request_body()
+            .await
+            .map_err(|e| format!("{:?}", e.etype()))
+    }
+}
+
+/// Where the path ends and the query starts in the raw target.
+#[derive(Debug, Clone, Copy)]
+struct TargetBounds {
+    path_end: usize,
+    query_start: usize,
+}
+
+/// What the request filter decided: forward upstream, or answer here.
+type Decision = std::result::Result<(), Answer>;
+
 impl Gateway {
-    async fn write_json(
-        &self,
-        session: &mut Session,
-        ctx: &RequestCtx,
-        status: u16,
-        body: Option<Bytes>,
-        www_authenticate: bool,
-        allow: Option<&'static str>,
-    ) -> Result<()> {
-        let mut h = ResponseHeader::build(status, Some(6))?;
+    /// Writes an answer of the gateway's own: counts its refusal reason, sets the standard
+    /// headers, and closes the connection when asked to or when a refused request's body
+    /// would be left unread. The one writer of every gateway-made response.
+    async fn send(&self, session: &mut Session, ctx: &RequestCtx, a: Answer) -> Result<()> {
+        if let Some(reason) = a.reason {
+            self.metrics.reject(reason);
+        }
+        if a.close || (a.reason.is_some() && has_body(session.req_header())) {
+            session.set_keepalive(None);
+        }
+        let mut h = ResponseHeader::build(a.status, Some(6))?;
         h.insert_header(header::CACHE_CONTROL, NO_STORE)?;
         if let Some(id) = &ctx.request_id {
             h.insert_header(H_REQUEST_ID, id.clone())?;
         }
-        if www_authenticate {
+        if a.www_authenticate {
             h.insert_header(header::WWW_AUTHENTICATE, BEARER)?;
         }
-        if let Some(allow) = allow {
+        if let Some(allow) = a.allow {
             h.insert_header(header::ALLOW, allow)?;
         }
-        if let Some(secs) = ctx.retry_after {
+        if let Some(secs) = a.retry_after {
             h.insert_header(header::RETRY_AFTER, secs)?;
         }
+        let body = match a.body {
+            Body::Empty => None,
+            Body::Static(s) => Some(Bytes::from_static(s.as_bytes())),
+            Body::Owned(v) => Some(Bytes::from(v)),
+        };
         match body {
             Some(body) => {
                 h.insert_header(header::CONTENT_TYPE, APPLICATION_JSON)?;
@@ -128,50 +154,9 @@ impl Gateway {
                 session.write_response_header(Box::new(h), false).await?;
                 session.write_response_body(Some(body), true).await?;
             }
-            None => {
-                session.write_response_header(Box::new(h), true).await?;
-            }
+            None => session.write_response_header(Box::new(h), true).await?,
         }
         Ok(())
-    }
-
-    /// Refuses a request before it reaches any upstream: counts it, writes the JSON error and
-    /// closes the connection when asked to or when a body would be left unread.
-    async fn refuse(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        reason: Rejection,
-        (status, body, www_authenticate): (u16, Bytes, bool),
-        close: bool,
-    ) -> Result<bool> {
-        self.metrics.reject(reason);
-        if close || has_body(session.req_header()) {
-            // Never leave an unread body behind on a refused request: close instead.
-            session.set_keepalive(None);
-        }
-        if status == 429 {
-            ctx.retry_after = Some(self.limiter.retry_after_secs());
-        }
-        self.write_json(session, ctx, status, Some(body), www_authenticate, None)
-            .await?;
-        Ok(true)
-    }
-
-    /// Refuses a proxied request with a fixed JSON error.
-    async fn reject(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        reason: Rejection,
-        e: &ProxyError,
-    ) -> Result<bool> {
-        let answer = (
-            e.status,
-            Bytes::from_static(e.body.as_bytes()),
-            e.www_authenticate,
-        );
-        self.refuse(session, ctx, reason, answer, false).await
     }
 
     /// The client's address, honouring `X-Forwarded-For` only from trusted proxies.
@@ -186,26 +171,8 @@ impl Gateway {
         ))
     }
 
-    /// A failed authentication: 429 once the client has failed too often, else `e`.
-    async fn auth_failed(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        reason: Rejection,
-        e: &ProxyError,
-    ) -> Result<bool> {
-        if let Some(ip) = self.client_ip(session) {
-            if self.limiter.is_blocked(&ip) {
-                return self
-                    .reject(session, ctx, Rejection::RateLimited, &ERR_RATE_LIMITED)
-                    .await;
-            }
-            self.limiter.record_failure(&ip);
-        }
-        self.reject(session, ctx, reason, e).await
-    }
-
-    fn guard(&self, session: &Session) -> std::result::Result<(), guard::Refusal> {
+    /// Step 1: framing and header limits (pingora #945 and friends).
+    fn check_framing(&self, session: &Session) -> Decision {
         let req = session.req_header();
         // The raw head is only needed to see a Content-Length beside Transfer-Encoding.
         let raw = req
@@ -219,97 +186,130 @@ impl Gateway {
             raw.as_deref(),
             self.header_limits,
         )
+        .map_err(Refusal::answer)
     }
 
-    async fn respond_management(
+    /// Step 2: the target as sent (request line), origin-form, and no key anywhere in it.
+    fn check_target(
         &self,
-        session: &mut Session,
+        session: &Session,
         ctx: &mut RequestCtx,
-        r: ApiResponse,
-    ) -> Result<bool> {
-        ctx.kind = Kind::Management(r.route);
-        if r.close {
-            session.set_keepalive(None);
+    ) -> std::result::Result<TargetBounds, Answer> {
+        let req = session.req_header();
+        let raw = req.raw_path();
+        // The request line as the client sent it must be what pingora parsed: it drops a
+        // `#` fragment and escapes spaces and other bytes, and the gateway decides on the target.
+        if let Some(h1) = session.as_http1() {
+            let plain = h1
+                .stream()
+                .as_any()
+                .downcast_ref::<DeadlineStream>()
+                .is_none_or(DeadlineStream::request_line_was_plain);
+            if !plain {
+                return Err(target_answer(TargetError::MalformedRequestLine).closing());
+            }
+            check_request_line(
+                &h1.get_headers_raw_bytes(),
+                req.method.as_str().as_bytes(),
+                raw,
+            )
+            .map_err(|e| target_answer(e).closing())?;
         }
-        self.write_json(
-            session,
-            ctx,
-            r.status,
-            r.body.map(Bytes::from),
-            r.www_authenticate,
-            r.allow,
-        )
-        .await?;
-        Ok(true)
+        let (path, query) = split_target(raw).map_err(|e| target_answer(e).closing())?;
+        let bounds = TargetBounds {
+            path_end: path.len(),
+            query_start: raw.len() - query.len(),
+        };
+        // A key anywhere in the URL, however encoded, ends up in upstream and proxy logs:
+        // refuse it (on every path, management included) and never log the target.
+        let format = self.verifier.key_format();
+        let in_url = if format.appears_in_url(path) {
+            Some(&answer::CREDENTIAL_IN_PATH)
+        } else if format.appears_in_url(query) {
+            Some(&answer::CREDENTIAL_IN_QUERY)
+        } else {
+            None
+        };
+        if let Some(fixed) = in_url {
+            ctx.redact_target = true;
+            return Err(fixed.answer().because(Rejection::BadRequestTarget));
+        }
+        Ok(bounds)
     }
 
-    /// Authenticates and scopes a validated proxied request whose path is `raw_path()[..path_end]`.
-    async fn proxy_request(
+    /// A management request, answered here from plain inputs.
+    async fn management(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-        path_end: usize,
-    ) -> Result<bool> {
-        let credential = match bearer_credential(&session.req_header().headers) {
-            Ok(c) => c,
-            Err(f) => {
-                return self
-                    .reject(session, ctx, f.rejection(), auth_answer(f))
-                    .await
+        bounds: TargetBounds,
+    ) -> Answer {
+        let req = {
+            let h = session.req_header();
+            let raw = h.raw_path();
+            PlainRequest {
+                method: h.method.clone(),
+                path: raw[..bounds.path_end].to_vec(),
+                query: raw[bounds.query_start..].to_vec(),
+                headers: h.headers.clone(),
+                client: self.client_ip(session),
             }
         };
-        let identity = match self.verifier.check_cached(credential).await {
-            Ok(Cached::Hit(id)) => Ok(id),
-            Ok(Cached::Miss(hash)) => {
-                // Only misses reach the store: refuse them from clients that keep failing.
-                let blocked = self
-                    .client_ip(session)
-                    .is_some_and(|ip| self.limiter.is_blocked(&ip));
-                if blocked {
-                    return self
-                        .reject(session, ctx, Rejection::RateLimited, &ERR_RATE_LIMITED)
-                        .await;
-                }
-                self.verifier.load(hash).await
-            }
-            Err(f) => Err(f),
-        };
-        let identity = match identity {
-            Ok(id) => id,
-            // An outage is not the client's failure: it does not count towards its limit.
-            Err(f @ AuthFailure::StoreUnavailable) => {
-                return self
-                    .reject(session, ctx, f.rejection(), auth_answer(f))
-                    .await
-            }
-            Err(f) => {
-                return self
-                    .auth_failed(session, ctx, f.rejection(), auth_answer(f))
-                    .await
-            }
-        };
-        let matched = {
-            let path = &session.req_header().raw_path()[..path_end];
-            self.routes.iter().enumerate().find_map(|(i, r)| {
+        let r = self
+            .management
+            .handle(&req, &mut SessionBody(session))
+            .await;
+        ctx.kind = Kind::Management(r.route);
+        r.answer
+    }
+
+    /// Step 3 of a proxied request: authenticate, route and scope.
+    async fn authorize(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        bounds: TargetBounds,
+    ) -> Decision {
+        let req = session.req_header();
+        let raw = req.raw_path();
+        validate_path(&raw[..bounds.path_end])
+            .and_then(|_| validate_query(&raw[bounds.query_start..]))
+            .map_err(target_answer)?;
+        let identity = self
+            .verifier
+            .authenticate(&req.headers, self.client_ip(session))
+            .await
+            .map_err(AuthFailure::answer)?;
+        let path = &raw[..bounds.path_end];
+        let (i, in_scope) = self
+            .routes
+            .iter()
+            .enumerate()
+            .find_map(|(i, r)| {
                 let segment = r.template.match_path(path)?;
                 Some((i, segment_equals(segment, identity.inbox_id.as_bytes())))
             })
-        };
-        let Some((i, in_scope)) = matched else {
-            return self
-                .reject(session, ctx, Rejection::NoRoute, &ERR_NO_ROUTE)
-                .await;
-        };
+            .ok_or_else(|| answer::ROUTE_NOT_FOUND.answer().because(Rejection::NoRoute))?;
         ctx.route = Some(i);
         if !in_scope {
-            return self
-                .reject(session, ctx, Rejection::ForbiddenInbox, &ERR_FORBIDDEN)
-                .await;
+            return Err(answer::FORBIDDEN_INBOX
+                .answer()
+                .because(Rejection::ForbiddenInbox));
         }
         self.usage.touch(&identity, now_us());
         ctx.upstream = Some(self.routes[i].upstream);
         ctx.identity = Some(identity);
-        Ok(false)
+        Ok(())
+    }
+
+    /// Every step before the upstream, in order; `Err` is the gateway's own answer.
+    async fn decide(&self, session: &mut Session, ctx: &mut RequestCtx) -> Decision {
+        self.check_framing(session)?;
+        let bounds = self.check_target(session, ctx)?;
+        if is_management_path(&session.req_header().raw_path()[..bounds.path_end]) {
+            return Err(self.management(session, ctx, bounds).await);
+        }
+        self.authorize(session, ctx, bounds).await
     }
 }
 
@@ -326,7 +326,6 @@ impl ProxyHttp for Gateway {
             identity: None,
             request_id: None,
             connect_retries: 0,
-            retry_after: None,
             redact_target: false,
         }
     }
@@ -337,117 +336,12 @@ impl ProxyHttp for Gateway {
             self.request_ids
                 .pick(session.req_header().headers.get(H_REQUEST_ID)),
         );
-        if let Err(refusal) = self.guard(session) {
-            ctx.kind = Kind::Proxy;
-            let (reason, name) = match refusal.status {
-                431 => (
-                    Rejection::HeadersTooLarge,
-                    "RequestHeaderFieldsTooLargeError",
-                ),
-                _ if refusal.code == "upgrade_not_supported" => {
-                    (Rejection::UpgradeRefused, "BadRequestError")
-                }
-                _ => (Rejection::AmbiguousFraming, "BadRequestError"),
-            };
-            let body = error_json(name, refusal.code, refusal.message);
-            // Whatever follows an ambiguous head cannot be trusted: close the connection.
-            return self
-                .refuse(session, ctx, reason, (refusal.status, body, false), true)
-                .await;
-        }
-        // The request line as the client sent it must be what pingora parsed: it drops a
-        // `#` fragment and accepts some spaces, and the gateway decides on the target.
-        let line = {
-            let req = session.req_header();
-            session.as_http1().map_or(Ok(()), |h1| {
-                let plain = h1
-                    .stream()
-                    .as_any()
-                    .downcast_ref::<DeadlineStream>()
-                    .is_none_or(DeadlineStream::request_line_was_plain);
-                if !plain {
-                    return Err(TargetError::MalformedRequestLine);
-                }
-                check_request_line(
-                    &h1.get_headers_raw_bytes(),
-                    req.method.as_str().as_bytes(),
-                    req.raw_path(),
-                )
-            })
-        };
-        if let Err(e) = line {
-            ctx.kind = Kind::Proxy;
-            let answer = (400, target_error_body(e), false);
-            return self
-                .refuse(session, ctx, Rejection::BadRequestTarget, answer, true)
-                .await;
-        }
-        // Work on the target where it lies (no copy on the proxy path): remember where the
-        // path ends and the query starts, and borrow the bytes again when needed.
-        let split = {
-            let raw = session.req_header().raw_path();
-            split_target(raw).map(|(path, query)| (path.len(), raw.len() - query.len()))
-        };
-        let (path_end, query_start) = match split {
-            Ok(bounds) => bounds,
-            Err(e) => {
-                ctx.kind = Kind::Proxy;
-                let answer = (400, target_error_body(e), false);
-                return self
-                    .refuse(session, ctx, Rejection::BadRequestTarget, answer, true)
-                    .await;
+        match self.decide(session, ctx).await {
+            Ok(()) => Ok(false),
+            Err(answer) => {
+                self.send(session, ctx, answer).await?;
+                Ok(true)
             }
-        };
-        // A key anywhere in the URL, however encoded, ends up in upstream and proxy logs:
-        // refuse it (on every path, management included) and never log the target.
-        let key_in_url = {
-            let raw = session.req_header().raw_path();
-            let format = self.verifier.key_format();
-            if format.appears_in_url(&raw[..path_end]) {
-                Some(&ERR_KEY_IN_PATH)
-            } else if format.appears_in_url(&raw[query_start..]) {
-                Some(&ERR_KEY_IN_QUERY)
-            } else {
-                None
-            }
-        };
-        if let Some(err) = key_in_url {
-            ctx.kind = Kind::Proxy;
-            ctx.redact_target = true;
-            return self
-                .reject(session, ctx, Rejection::BadRequestTarget, err)
-                .await;
-        }
-        if is_management_path(&session.req_header().raw_path()[..path_end]) {
-            let raw = session.req_header().raw_path().to_vec();
-            let (path, query) = (&raw[..path_end], &raw[query_start..]);
-            let ip = self.client_ip(session);
-            if ip.is_some_and(|ip| self.limiter.is_blocked(&ip)) {
-                ctx.kind = Kind::Management(ManagementRoute::Other);
-                return self
-                    .reject(session, ctx, Rejection::RateLimited, &ERR_RATE_LIMITED)
-                    .await;
-            }
-            let r = self.management.handle(session, path, query).await;
-            if r.status == 401 {
-                if let Some(ip) = ip {
-                    self.limiter.record_failure(&ip);
-                }
-            }
-            return self.respond_management(session, ctx, r).await;
-        }
-        ctx.kind = Kind::Proxy;
-        let valid = {
-            let raw = session.req_header().raw_path();
-            validate_path(&raw[..path_end]).and_then(|_| validate_query(&raw[query_start..]))
-        };
-        match valid {
-            Err(e) => {
-                let answer = (400, target_error_body(e), false);
-                self.refuse(session, ctx, Rejection::BadRequestTarget, answer, false)
-                    .await
-            }
-            Ok(()) => self.proxy_request(session, ctx, path_end).await,
         }
     }
 
@@ -545,40 +439,14 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        use ErrorType::*;
-        let (err, reason) = match e.etype() {
-            t if *t == NO_HEALTHY_BACKEND => {
-                (Some(&ERR_NO_BACKEND), UpstreamError::NoHealthyBackend)
-            }
-            ConnectTimedout | ReadTimedout | WriteTimedout => {
-                (Some(&ERR_GATEWAY_TIMEOUT), UpstreamError::Timeout)
-            }
-            ConnectRefused => (Some(&ERR_BAD_GATEWAY), UpstreamError::Refused),
-            ConnectionClosed | ReadError | WriteError if e.esource() == &ErrorSource::Upstream => {
-                (Some(&ERR_BAD_GATEWAY), UpstreamError::Reset)
-            }
-            _ => match e.esource() {
-                ErrorSource::Upstream => (Some(&ERR_BAD_GATEWAY), UpstreamError::Other),
-                ErrorSource::Downstream => match e.etype() {
-                    WriteError | ReadError | ConnectionClosed => (None, UpstreamError::Other),
-                    _ => (Some(&ERR_BAD_REQUEST), UpstreamError::Other),
-                },
-                _ => (Some(&ERR_INTERNAL), UpstreamError::Other),
-            },
-        };
-        if e.esource() == &ErrorSource::Upstream || *e.etype() == NO_HEALTHY_BACKEND {
-            if let Some(u) = ctx.upstream {
-                self.metrics.upstream_error(u, reason);
-            }
+        let failure = classify(e.etype(), e.esource());
+        if let (Some(reason), Some(u)) = (failure.upstream, ctx.upstream) {
+            self.metrics.upstream_error(u, reason);
         }
-        let code = err.map_or(0, |x| x.status);
-        if let Some(err) = err {
+        let code = failure.answer.map_or(0, |a| a.status);
+        if let Some(fixed) = failure.answer {
             if session.response_written().is_none() {
-                let body = Some(Bytes::from_static(err.body.as_bytes()));
-                if let Err(we) = self
-                    .write_json(session, ctx, err.status, body, false, None)
-                    .await
-                {
+                if let Err(we) = self.send(session, ctx, fixed.answer()).await {
                     log::debug!("could not write error response: {we}");
                 }
             }
