@@ -11,78 +11,96 @@ use prometheus::{
 const PREFIX: &str = "agentry_gateway";
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// Management routes, as metric label values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ManagementRoute {
-    ListApiKeys = 0,
-    CreateApiKey = 1,
-    DeleteApiKey = 2,
-    Other = 3,
+/// A closed set of label values: each variant names its own label, and `ALL` lists every
+/// variant, so a handle table built from `ALL` and indexed by `index()` cannot drift.
+pub trait Label: Copy + Eq + 'static {
+    const ALL: &'static [Self];
+    fn label(self) -> &'static str;
+    /// Position in `ALL`.
+    fn index(self) -> usize;
 }
-const MANAGEMENT_ROUTES: [&str; 4] = ["list_api_keys", "create_api_key", "delete_api_key", "other"];
 
-/// Why a proxied request was refused before reaching an upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
-    BadRequestTarget = 0,
-    MissingAuthorization = 1,
-    MalformedKey = 2,
-    BadChecksum = 3,
-    UnknownKey = 4,
-    ForbiddenInbox = 5,
-    NoRoute = 6,
-    StoreUnavailable = 7,
-    DuplicateAuthorization = 8,
-    AmbiguousFraming = 9,
-    HeadersTooLarge = 10,
-    RateLimited = 11,
-    UpgradeRefused = 12,
+/// Declares a label enum with its label strings; `ALL` follows the declaration order.
+macro_rules! label_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $label:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($variant),+ }
+        impl Label for $name {
+            const ALL: &'static [Self] = &[$($name::$variant),+];
+            fn label(self) -> &'static str {
+                match self { $($name::$variant => $label),+ }
+            }
+            fn index(self) -> usize {
+                self as usize
+            }
+        }
+    };
 }
-const REJECTIONS: [&str; 13] = [
-    "bad_request_target",
-    "missing_authorization",
-    "malformed_key",
-    "bad_checksum",
-    "unknown_key",
-    "forbidden_inbox",
-    "no_route",
-    "store_unavailable",
-    "duplicate_authorization",
-    "ambiguous_framing",
-    "headers_too_large",
-    "rate_limited",
-    "upgrade_refused",
-];
 
-/// Store operations, as metric label values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreOp {
-    Create = 0,
-    List = 1,
-    Delete = 2,
-    FindByHash = 3,
-    RecordUsage = 4,
-    Ping = 5,
-}
-const STORE_OPS: [&str; 6] = [
-    "create",
-    "list",
-    "delete",
-    "find_by_hash",
-    "record_usage",
-    "ping",
-];
+label_enum!(
+    /// Management routes, as metric label values.
+    ManagementRoute {
+        ListApiKeys => "list_api_keys",
+        CreateApiKey => "create_api_key",
+        DeleteApiKey => "delete_api_key",
+        Other => "other",
+    }
+);
 
-/// Why talking to an upstream failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamError {
-    Refused = 0,
-    Reset = 1,
-    Timeout = 2,
-    NoHealthyBackend = 3,
-    Other = 4,
+label_enum!(
+    /// Why a request was refused by the gateway itself.
+    Rejection {
+        BadRequestTarget => "bad_request_target",
+        MissingAuthorization => "missing_authorization",
+        MalformedKey => "malformed_key",
+        BadChecksum => "bad_checksum",
+        UnknownKey => "unknown_key",
+        ForbiddenInbox => "forbidden_inbox",
+        NoRoute => "no_route",
+        StoreUnavailable => "store_unavailable",
+        DuplicateAuthorization => "duplicate_authorization",
+        AmbiguousFraming => "ambiguous_framing",
+        HeadersTooLarge => "headers_too_large",
+        RateLimited => "rate_limited",
+        UpgradeRefused => "upgrade_refused",
+    }
+);
+
+label_enum!(
+    /// Store operations, as metric label values.
+    StoreOp {
+        Create => "create",
+        List => "list",
+        Delete => "delete",
+        FindByHash => "find_by_hash",
+        RecordUsage => "record_usage",
+        Ping => "ping",
+    }
+);
+
+label_enum!(
+    /// Why talking to an upstream failed.
+    UpstreamError {
+        Refused => "refused",
+        Reset => "reset",
+        Timeout => "timeout",
+        NoHealthyBackend => "no_healthy_backend",
+        Other => "other",
+    }
+);
+
+/// One handle per value of `L`, with `prefix` labels before it, indexed by `L::index()`.
+fn handles<L: Label>(vec: &IntCounterVec, prefix: &[&str]) -> Vec<IntCounter> {
+    L::ALL
+        .iter()
+        .map(|v| {
+            let mut labels = prefix.to_vec();
+            labels.push(v.label());
+            vec.with_label_values(&labels)
+        })
+        .collect()
 }
-const UPSTREAM_ERRORS: [&str; 5] = ["refused", "reset", "timeout", "no_healthy_backend", "other"];
 
 /// Resolved handles for one label set × five status classes.
 #[derive(Clone)]
@@ -128,6 +146,17 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
 }
 
+/// Registers a metric: the one place a bad definition (a bug, caught by the first test run)
+/// would stop start-up.
+fn register<C>(registry: &Registry, metric: prometheus::Result<C>) -> C
+where
+    C: prometheus::core::Collector + Clone + 'static,
+{
+    metric
+        .and_then(|m| registry.register(Box::new(m.clone())).map(|()| m))
+        .expect("metric definitions are valid and their names unique")
+}
+
 fn name(n: &str) -> String {
     format!("{PREFIX}_{n}")
 }
@@ -136,24 +165,20 @@ impl Metrics {
     /// Registers every metric; `routes` and `upstreams` are the names from config.
     pub fn new(routes: &[String], upstreams: &[String]) -> Metrics {
         let registry = Registry::new();
-        let reg = |c: Box<dyn prometheus::core::Collector>| {
-            registry
-                .register(c)
-                .expect("metric names are unique and valid");
-        };
 
-        let requests = IntCounterVec::new(
-            Opts::new(
-                name("requests_total"),
-                "Requests answered, by kind, route and status class",
+        let requests = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    name("requests_total"),
+                    "Requests answered, by kind, route and status class",
+                ),
+                &["kind", "route", "status_class"],
             ),
-            &["kind", "route", "status_class"],
-        )
-        .expect("valid metric");
-        reg(Box::new(requests.clone()));
-        let management_requests = MANAGEMENT_ROUTES
+        );
+        let management_requests = ManagementRoute::ALL
             .iter()
-            .map(|r| ByStatusClass::new(&requests, &["management", r]))
+            .map(|r| ByStatusClass::new(&requests, &["management", r.label()]))
             .collect();
         let proxy_requests = routes
             .iter()
@@ -162,116 +187,129 @@ impl Metrics {
             .map(|r| ByStatusClass::new(&requests, &["proxy", r]))
             .collect();
 
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                name("request_duration_seconds"),
-                "Time from request header to the end of the response",
-            )
-            .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                1.0, 2.5, 5.0, 10.0,
-            ]),
-            &["kind"],
-        )
-        .expect("valid metric");
-        reg(Box::new(duration.clone()));
+        let duration = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    name("request_duration_seconds"),
+                    "Time from request header to the end of the response",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+                &["kind"],
+            ),
+        );
 
-        let cache = IntCounterVec::new(
-            Opts::new(name("auth_cache_total"), "API key cache lookups by result"),
-            &["result"],
-        )
-        .expect("valid metric");
-        reg(Box::new(cache.clone()));
+        let cache = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(name("auth_cache_total"), "API key cache lookups by result"),
+                &["result"],
+            ),
+        );
 
-        let rejections_vec = IntCounterVec::new(
-            Opts::new(
-                name("auth_rejections_total"),
-                "Proxied requests refused by the gateway, by reason",
+        let rejections_vec = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    name("auth_rejections_total"),
+                    "Proxied requests refused by the gateway, by reason",
+                ),
+                &["reason"],
             ),
-            &["reason"],
-        )
-        .expect("valid metric");
-        reg(Box::new(rejections_vec.clone()));
+        );
 
-        let store_q = IntCounterVec::new(
-            Opts::new(
-                name("store_queries_total"),
-                "Store operations, by operation",
+        let store_q = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    name("store_queries_total"),
+                    "Store operations, by operation",
+                ),
+                &["op"],
             ),
-            &["op"],
-        )
-        .expect("valid metric");
-        reg(Box::new(store_q.clone()));
-        let store_e = IntCounterVec::new(
-            Opts::new(
-                name("store_errors_total"),
-                "Failed store operations, by operation",
+        );
+        let store_e = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    name("store_errors_total"),
+                    "Failed store operations, by operation",
+                ),
+                &["op"],
             ),
-            &["op"],
-        )
-        .expect("valid metric");
-        reg(Box::new(store_e.clone()));
+        );
 
-        let up_resp = IntCounterVec::new(
-            Opts::new(
-                name("upstream_responses_total"),
-                "Upstream responses by upstream and status class",
+        let up_resp = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    name("upstream_responses_total"),
+                    "Upstream responses by upstream and status class",
+                ),
+                &["upstream", "status_class"],
             ),
-            &["upstream", "status_class"],
-        )
-        .expect("valid metric");
-        reg(Box::new(up_resp.clone()));
-        let up_err = IntCounterVec::new(
-            Opts::new(
-                name("upstream_errors_total"),
-                "Upstream failures by upstream and reason",
+        );
+        let up_err = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    name("upstream_errors_total"),
+                    "Upstream failures by upstream and reason",
+                ),
+                &["upstream", "reason"],
             ),
-            &["upstream", "reason"],
-        )
-        .expect("valid metric");
-        reg(Box::new(up_err.clone()));
-        let healthy = IntGaugeVec::new(
-            Opts::new(
-                name("upstream_healthy_backends"),
-                "Backends currently passing health checks, per upstream",
+        );
+        let healthy = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    name("upstream_healthy_backends"),
+                    "Backends currently passing health checks, per upstream",
+                ),
+                &["upstream"],
             ),
-            &["upstream"],
-        )
-        .expect("valid metric");
-        reg(Box::new(healthy.clone()));
+        );
 
-        let pending = IntGauge::new(
-            name("usage_pending_marks"),
-            "Keys whose used_at awaits a flush to the store",
-        )
-        .expect("valid metric");
-        reg(Box::new(pending.clone()));
-        let flushes = IntCounter::new(name("usage_flushes_total"), "used_at flushes that wrote")
-            .expect("valid metric");
-        reg(Box::new(flushes.clone()));
-        let flush_failures = IntCounter::new(
-            name("usage_flush_failures_total"),
-            "used_at flushes that failed (marks kept for retry)",
-        )
-        .expect("valid metric");
-        reg(Box::new(flush_failures.clone()));
-        let flush_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                name("usage_flush_duration_seconds"),
-                "Time to write one used_at flush",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-            ]),
-        )
-        .expect("valid metric");
-        reg(Box::new(flush_duration.clone()));
-        let dropped = IntCounter::new(
-            name("access_log_dropped_total"),
-            "Access log lines dropped because the writer fell behind",
-        )
-        .expect("valid metric");
-        reg(Box::new(dropped.clone()));
+        let pending = register(
+            &registry,
+            IntGauge::new(
+                name("usage_pending_marks"),
+                "Keys whose used_at awaits a flush to the store",
+            ),
+        );
+        let flushes = register(
+            &registry,
+            IntCounter::new(name("usage_flushes_total"), "used_at flushes that wrote"),
+        );
+        let flush_failures = register(
+            &registry,
+            IntCounter::new(
+                name("usage_flush_failures_total"),
+                "used_at flushes that failed (marks kept for retry)",
+            ),
+        );
+        let flush_duration = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    name("usage_flush_duration_seconds"),
+                    "Time to write one used_at flush",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                ]),
+            ),
+        );
+        let dropped = register(
+            &registry,
+            IntCounter::new(
+                name("access_log_dropped_total"),
+                "Access log lines dropped because the writer fell behind",
+            ),
+        );
 
         Metrics {
             management_requests,
@@ -281,30 +319,16 @@ impl Metrics {
             auth_cache_hits: cache.with_label_values(&["hit"]),
             auth_cache_misses: cache.with_label_values(&["miss"]),
             auth_cache_negative_hits: cache.with_label_values(&["negative_hit"]),
-            rejections: REJECTIONS
-                .iter()
-                .map(|r| rejections_vec.with_label_values(&[r]))
-                .collect(),
-            store_queries: STORE_OPS
-                .iter()
-                .map(|o| store_q.with_label_values(&[o]))
-                .collect(),
-            store_errors: STORE_OPS
-                .iter()
-                .map(|o| store_e.with_label_values(&[o]))
-                .collect(),
+            rejections: handles::<Rejection>(&rejections_vec, &[]),
+            store_queries: handles::<StoreOp>(&store_q, &[]),
+            store_errors: handles::<StoreOp>(&store_e, &[]),
             upstream_responses: upstreams
                 .iter()
                 .map(|u| ByStatusClass::new(&up_resp, &[u]))
                 .collect(),
             upstream_errors: upstreams
                 .iter()
-                .map(|u| {
-                    UPSTREAM_ERRORS
-                        .iter()
-                        .map(|r| up_err.with_label_values(&[u.as_str(), r]))
-                        .collect()
-                })
+                .map(|u| handles::<UpstreamError>(&up_err, &[u.as_str()]))
                 .collect(),
             upstream_healthy_backends: upstreams
                 .iter()
@@ -320,24 +344,24 @@ impl Metrics {
     }
 
     pub fn management(&self, route: ManagementRoute) -> &ByStatusClass {
-        &self.management_requests[route as usize]
+        &self.management_requests[route.index()]
     }
 
     pub fn reject(&self, r: Rejection) {
-        self.rejections[r as usize].inc();
+        self.rejections[r.index()].inc();
     }
 
     pub fn store_query(&self, op: StoreOp) {
-        self.store_queries[op as usize].inc();
+        self.store_queries[op.index()].inc();
     }
 
     pub fn store_error(&self, op: StoreOp) {
-        self.store_errors[op as usize].inc();
+        self.store_errors[op.index()].inc();
     }
 
     pub fn upstream_error(&self, upstream: usize, e: UpstreamError) {
         if let Some(u) = self.upstream_errors.get(upstream) {
-            u[e as usize].inc();
+            u[e.index()].inc();
         }
     }
 
@@ -355,6 +379,36 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn labels_are_in_order<L: Label + std::fmt::Debug>() {
+        for (i, v) in L::ALL.iter().enumerate() {
+            assert_eq!(v.index(), i, "{v:?}");
+        }
+        let mut names: Vec<&str> = L::ALL.iter().map(|v| v.label()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), L::ALL.len());
+    }
+
+    #[test]
+    fn every_label_is_its_own_series() {
+        labels_are_in_order::<ManagementRoute>();
+        labels_are_in_order::<Rejection>();
+        labels_are_in_order::<StoreOp>();
+        labels_are_in_order::<UpstreamError>();
+        let m = Metrics::new(&[], &["up".into()]);
+        for r in Rejection::ALL {
+            m.reject(*r);
+        }
+        m.reject(Rejection::RateLimited);
+        m.upstream_error(0, UpstreamError::Timeout);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains(r#"agentry_gateway_auth_rejections_total{reason="rate_limited"} 2"#));
+        assert!(text.contains(r#"agentry_gateway_auth_rejections_total{reason="no_route"} 1"#));
+        assert!(text.contains(
+            r#"agentry_gateway_upstream_errors_total{reason="timeout",upstream="up"} 1"#
+        ));
+    }
 
     #[test]
     fn status_classes_bucket_correctly() {
