@@ -1,0 +1,117 @@
+//! Config parsing and validation, by example.
+
+use std::time::Duration;
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+[store]
+kind = "sqlite"
+path = "x.db"
+[inbox_directory]
+source = "none"
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("test.toml"))
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.server.threads, DEFAULT_THREADS);
+    assert_eq!(c.key_prefix, "agk");
+    assert_eq!(c.usage_flush_interval, Duration::from_millis(1000));
+    assert!(c.access_log);
+}
+
+#[test]
+fn unknown_field_is_rejected_with_its_name() {
+    let text = MINIMAL.replace("[store]", "[store]\nkindd = 1");
+    let e = parse(&text).unwrap_err().to_string();
+    assert!(e.contains("unknown field `kindd`"), "{e}");
+}
+
+#[test]
+fn bad_listen_names_field() {
+    let text = MINIMAL.replace("127.0.0.1:8080", "localhost");
+    let e = parse(&text).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "test.toml: server.listen: \"localhost\" is not an IP:port address (write e.g. \"127.0.0.1:8080\")"
+    );
+}
+
+#[test]
+fn route_to_unknown_upstream_lists_defined() {
+    let text = format!(
+        "{MINIMAL}\n[[upstreams]]\nname = \"inbox\"\naddresses = [\"127.0.0.1:1\"]\n[[routes]]\npath = \"/v0/inboxes/{{inbox_id}}\"\nupstream = \"mail\"\n"
+    );
+    let e = parse(&text).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "test.toml: routes[0].upstream: \"mail\" is not a defined upstream (defined: inbox)"
+    );
+}
+
+#[test]
+fn none_directory_requires_all_scoped_tokens() {
+    let text = format!(
+        "{MINIMAL}\n[[management.tokens]]\nname = \"a\"\nsha256 = \"{}\"\npods = [\"pod_1\"]\n",
+        "0".repeat(64)
+    );
+    let e = parse(&text).unwrap_err().to_string();
+    assert!(e.contains("inbox_directory.source"), "{e}");
+}
+
+#[test]
+fn token_needs_exactly_one_scope() {
+    let text = format!(
+        "{MINIMAL}\n[[management.tokens]]\nname = \"a\"\nsha256 = \"{}\"\nscope = \"all\"\npods = [\"p\"]\n",
+        "0".repeat(64)
+    );
+    let e = parse(&text).unwrap_err().to_string();
+    assert!(e.contains("management.tokens[0].scope"), "{e}");
+}
+
+#[test]
+fn bad_sha256_explains_fix() {
+    let text = format!(
+        "{MINIMAL}\n[[management.tokens]]\nname = \"a\"\nsha256 = \"abc\"\nscope = \"all\"\n"
+    );
+    let e = parse(&text).unwrap_err().to_string();
+    assert!(e.contains("management.tokens[0].sha256"), "{e}");
+    assert!(e.contains("new-token"), "{e}");
+}
+
+#[test]
+fn optional_tuning_keys_parse() {
+    let text = MINIMAL.replace(
+        "listen = \"127.0.0.1:8080\"",
+        "listen = \"127.0.0.1:8080\"\nwork_stealing = false\ntrusted_proxies = [\"10.0.0.0/8\", \"192.168.1.1\"]",
+    );
+    let text = format!(
+        "{text}\n[[upstreams]]\nname = \"u\"\naddresses = [\"127.0.0.1:1\"]\nwrite_timeout_ms = 250\n"
+    );
+    let c = parse(&text).unwrap();
+    assert!(!c.server.work_stealing);
+    assert_eq!(c.server.trusted_proxies.len(), 2);
+    assert_eq!(
+        c.upstreams[0].write_timeout,
+        Some(Duration::from_millis(250))
+    );
+    let bad = MINIMAL.replace(
+        "listen = \"127.0.0.1:8080\"",
+        "listen = \"127.0.0.1:8080\"\ntrusted_proxies = [\"nope\"]",
+    );
+    let e = parse(&bad).unwrap_err().to_string();
+    assert!(e.contains("server.trusted_proxies[0]"), "{e}");
+}
+
+#[test]
+fn syntax_error_keeps_line_number() {
+    let e = parse("[server\nlisten=1").unwrap_err().to_string();
+    assert!(e.contains("line 1"), "{e}");
+}

@@ -1,0 +1,111 @@
+//! The validated config: types that cannot be wrong (parsed addresses, durations, non-empty
+//! lists), built by the validator from the file structs.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::target::RouteTemplate;
+
+/// The validated configuration the gateway runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub metrics_listen: Option<SocketAddr>,
+    pub store: StoreConfig,
+    pub key_prefix: String,
+    pub management_tokens: Vec<ManagementToken>,
+    pub inbox_directory: InboxDirectory,
+    pub cache: CacheConfig,
+    pub usage_flush_interval: Duration,
+    pub access_log: bool,
+    pub limits: LimitsConfig,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Abuse limits.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Failed authentications per client IP per window before 429 (0: no limit).
+    pub failed_auth_per_ip: u32,
+    pub failed_auth_window: Duration,
+    /// Most clients whose failures are tracked at once.
+    pub failed_auth_max_clients: usize,
+    /// IPv6 clients are counted by this prefix length.
+    pub failed_auth_ipv6_prefix: u8,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub graceful_shutdown_timeout: Duration,
+    pub upstream_keepalive_pool_size: usize,
+    pub work_stealing: bool,
+    /// Total time a request head may take to arrive, from its first byte.
+    pub header_read_timeout: Duration,
+    pub pid_file: Option<String>,
+    pub upgrade_sock: Option<String>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    Sqlite { path: PathBuf },
+}
+
+/// What a management token may reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenScope {
+    All,
+    Pods(HashSet<String>),
+    Inboxes(HashSet<String>),
+}
+
+#[derive(Debug, Clone)]
+pub struct ManagementToken {
+    pub name: String,
+    pub sha256: [u8; 32],
+    pub scope: TokenScope,
+}
+
+/// Who owns an inbox.
+#[derive(Debug, Clone)]
+pub enum InboxDirectory {
+    /// Every inbox exists; none has a pod. Only valid when every token has scope `all`.
+    None,
+    /// A fixed table: inbox id to its pod (if any).
+    Static(BTreeMap<String, Option<String>>),
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub max_entries: u64,
+    pub ttl: Duration,
+    pub negative_max_entries: u64,
+    pub negative_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub addresses: Vec<SocketAddr>,
+    /// `None`: TCP connect check. `Some(path)`: HTTP GET of that path, 200 is healthy.
+    pub health_check_path: Option<String>,
+    pub health_check_interval: Duration,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    /// `None`: writes to the upstream are not timed (each timed write costs a timer).
+    pub write_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub template: RouteTemplate,
+    pub upstream: usize,
+}
