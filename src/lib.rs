@@ -8,8 +8,6 @@ pub mod client_ip;
 pub mod clock;
 pub mod config;
 pub mod demo_upstream;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod guard;
 pub mod header_deadline;
 pub mod keys;

@@ -13,7 +13,6 @@ use crate::config::UpstreamConfig;
 
 /// One upstream group and its prepared peer settings.
 pub struct Upstream {
-    pub name: String,
     pub lb: Arc<LoadBalancer<RoundRobin>>,
     peer_template: HttpPeer,
 }
@@ -44,7 +43,6 @@ impl Upstream {
         peer_template.options.write_timeout = cfg.write_timeout;
         let service = background_service(&format!("health check {}", cfg.name), lb);
         let upstream = Upstream {
-            name: cfg.name.clone(),
             lb: service.task(),
             peer_template,
         };

@@ -3,6 +3,9 @@
 
 use std::path::Path;
 
+#[path = "../fuzz/entry_points.rs"]
+mod entry_points;
+
 fn replay(target: &str, f: fn(&[u8])) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fuzz/corpus")
@@ -19,15 +22,15 @@ fn replay(target: &str, f: fn(&[u8])) {
 
 #[test]
 fn key_parser_corpus() {
-    replay("key_parser", agentry_gateway::fuzzing::key_parser);
+    replay("key_parser", entry_points::key_parser);
 }
 
 #[test]
 fn path_scope_corpus() {
-    replay("path_scope", agentry_gateway::fuzzing::path_scope);
+    replay("path_scope", entry_points::path_scope);
 }
 
 #[test]
 fn config_corpus() {
-    replay("config", agentry_gateway::fuzzing::config);
+    replay("config", entry_points::config);
 }

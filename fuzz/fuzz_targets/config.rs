@@ -1,6 +1,9 @@
-//! cargo-fuzz target: `agentry_gateway::fuzzing::config`.
+//! cargo-fuzz target: `entry_points::config`.
 #![no_main]
 
+#[path = "../entry_points.rs"]
+mod entry_points;
+
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    agentry_gateway::fuzzing::config(data);
+    entry_points::config(data);
 });

@@ -1,6 +1,9 @@
-//! cargo-fuzz target: `agentry_gateway::fuzzing::key_parser`.
+//! cargo-fuzz target: `entry_points::key_parser`.
 #![no_main]
 
+#[path = "../entry_points.rs"]
+mod entry_points;
+
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    agentry_gateway::fuzzing::key_parser(data);
+    entry_points::key_parser(data);
 });

@@ -1,6 +1,9 @@
-//! cargo-fuzz target: `agentry_gateway::fuzzing::path_scope`.
+//! cargo-fuzz target: `entry_points::path_scope`.
 #![no_main]
 
+#[path = "../entry_points.rs"]
+mod entry_points;
+
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    agentry_gateway::fuzzing::path_scope(data);
+    entry_points::path_scope(data);
 });

@@ -1,13 +1,15 @@
 //! The `Store` abstraction over key storage, shared by the management API and the verifier.
 //!
 //! Backends: `sqlite` (embedded default). A PostgreSQL backend slots in behind the same trait;
-//! `subscribe_revocations` is where a shared store will tell every instance about deletes.
+//! on one instance a delete evicts the key from this instance's caches directly (see
+//! `Verifier::revoke`), and a shared store will add a way to tell every instance.
 
 use async_trait::async_trait;
 
 use crate::keys::KeyHash;
 
 pub mod cursor;
+#[cfg(test)]
 pub mod memory;
 pub mod metered;
 pub mod sqlite;

@@ -1,9 +1,12 @@
-//! Fuzz entry points: each takes arbitrary bytes and asserts the invariants of one parser.
-//! Called by the cargo-fuzz targets in `fuzz/` and by `tests/fuzz_corpus.rs`, which replays
-//! the committed corpora in `cargo test`.
+//! Fuzz entry points: each takes arbitrary bytes and asserts the invariants of one parser,
+//! through the library's public API only (kept out of the library itself).
+//! Included (`#[path]`) by the cargo-fuzz targets in `fuzz/fuzz_targets/` and by
+//! `tests/fuzz_corpus.rs`, which replays the committed corpora in `cargo test`.
 
-use crate::keys::KeyFormat;
-use crate::target::{segment_equals, split_target, validate_path, validate_query, RouteTemplate};
+use agentry_gateway::keys::KeyFormat;
+use agentry_gateway::target::{
+    segment_equals, split_target, validate_path, validate_query, RouteTemplate,
+};
 
 /// Key parsing never panics; accepted keys have the exact shape and re-check.
 pub fn key_parser(data: &[u8]) {
@@ -11,14 +14,14 @@ pub fn key_parser(data: &[u8]) {
     if f.check(data).is_ok() {
         assert_eq!(
             data.len(),
-            4 + crate::keys::RANDOM_CHARS + crate::keys::CHECKSUM_CHARS
+            4 + agentry_gateway::keys::RANDOM_CHARS + agentry_gateway::keys::CHECKSUM_CHARS
         );
         assert!(data.starts_with(b"agk_"));
         assert!(data[4..].iter().all(u8::is_ascii_alphanumeric));
     }
     let _ = f.appears_in_url(data);
-    let key = crate::store::cursor::PageTokenKey::new(&[0u8; 32]);
-    let _ = crate::store::cursor::decode(&key, "inbox", &String::from_utf8_lossy(data));
+    let key = agentry_gateway::store::cursor::PageTokenKey::new(&[0u8; 32]);
+    let _ = agentry_gateway::store::cursor::decode(&key, "inbox", &String::from_utf8_lossy(data));
 }
 
 /// Target validation and scope matching never panic, and an admitted path's inbox segment
@@ -33,7 +36,7 @@ pub fn path_scope(data: &[u8]) {
     }
     let template = RouteTemplate::parse("/v0/inboxes/{inbox_id}").expect("static template");
     if let Some(seg) = template.match_path(path) {
-        let decoded = crate::target::decode_segment(seg);
+        let decoded = agentry_gateway::target::decode_segment(seg);
         assert!(
             !decoded.contains(&b'/'),
             "admitted segment decodes to a slash"
@@ -47,7 +50,7 @@ pub fn path_scope(data: &[u8]) {
 /// Config parsing never panics: any input is a config or an error naming what is wrong.
 pub fn config(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    match crate::config::Config::parse(&text, std::path::Path::new("fuzz.toml")) {
+    match agentry_gateway::config::Config::parse(&text, std::path::Path::new("fuzz.toml")) {
         Ok(c) => assert!(c.server.threads >= 1),
         Err(e) => assert!(!e.to_string().is_empty()),
     }
