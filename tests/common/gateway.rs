@@ -1,0 +1,260 @@
+//! The real gateway binary on free loopback ports with a temp config and database.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// The gateway binary running on free ports with a temp config and database.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    child: Option<Child>,
+    starts: usize,
+    args: Vec<String>,
+}
+
+impl Gateway {
+    /// Starts with the standard tokens and directory, plus `extra` TOML (upstreams, routes...).
+    pub fn start(extra: &str) -> Gateway {
+        Gateway::start_with(&format!("{}\n{extra}", standard_auth_toml()), "")
+    }
+
+    /// Starts with `body` as everything after [server]/[metrics]/[store], and `server_extra`
+    /// appended to [server].
+    pub fn start_with(body: &str, server_extra: &str) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mport = free_port();
+        let config = format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+threads = 2
+{grace}
+graceful_shutdown_timeout_seconds = 1
+pid_file = "{dir}/gw.pid"
+upgrade_sock = "{dir}/gw.sock"
+{server_extra}
+
+[metrics]
+listen = "127.0.0.1:{mport}"
+
+[store]
+kind = "sqlite"
+path = "{dir}/gateway.db"
+
+{usage}
+{body}
+"#,
+            dir = dir.path().display(),
+            grace = if server_extra.contains("grace_period_seconds") {
+                ""
+            } else {
+                "grace_period_seconds = 1"
+            },
+            usage = if body.contains("[usage]") {
+                ""
+            } else {
+                "[usage]\nflush_interval_ms = 200\n"
+            }
+        );
+        Gateway::launch(dir, &config, port, mport, &[])
+    }
+
+    /// Starts the binary on a whole config text (which must listen on `port` and serve
+    /// metrics on `mport`), with extra arguments after `run --config FILE`.
+    pub fn launch(
+        dir: tempfile::TempDir,
+        config: &str,
+        port: u16,
+        mport: u16,
+        args: &[&str],
+    ) -> Gateway {
+        let config_path = dir.path().join("gateway.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut g = Gateway {
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            metrics_addr: format!("127.0.0.1:{mport}").parse().unwrap(),
+            dir,
+            config_path,
+            child: None,
+            starts: 0,
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        g.spawn();
+        g
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("gateway.db")
+    }
+
+    fn log_path(&self, kind: &str) -> PathBuf {
+        self.dir.path().join(format!("{kind}.{}.log", self.starts))
+    }
+
+    /// Everything the gateway wrote to stdout and stderr, over all its starts.
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        for i in 1..=self.starts {
+            for kind in ["stdout", "stderr"] {
+                let p = self.dir.path().join(format!("{kind}.{i}.log"));
+                all.push_str(&std::fs::read_to_string(p).unwrap_or_default());
+            }
+        }
+        all
+    }
+
+    fn spawn(&mut self) {
+        self.starts += 1;
+        let out = std::fs::File::create(self.log_path("stdout")).unwrap();
+        let err = std::fs::File::create(self.log_path("stderr")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_agentry-gateway"))
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .args(&self.args)
+            .env(
+                "RUST_LOG",
+                std::env::var("GATEWAY_TEST_LOG").unwrap_or("info".into()),
+            )
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("gateway exited early ({status}):\n{}", self.logs());
+            }
+            let up = TcpStream::connect(self.addr).is_ok()
+                && TcpStream::connect(self.metrics_addr).is_ok()
+                && request(self.metrics_addr, "GET", "/healthz", &[], None).status == 200;
+            if up {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway not ready:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} failed");
+    }
+
+    /// `kill -9`, then wait for the process to be gone.
+    pub fn kill9(&mut self) {
+        self.signal("-KILL");
+        self.child.as_mut().unwrap().wait().unwrap();
+    }
+
+    /// SIGTERM, then wait for a clean exit; returns the exit status.
+    pub fn sigterm(&mut self) -> ExitStatus {
+        self.signal("-TERM");
+        let child = self.child.as_mut().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the binary again on the same config and database.
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
+    pub fn req(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Resp {
+        request(self.addr, method, target, headers, body)
+    }
+
+    /// A management call with a bearer token and (for bodies) JSON content type.
+    pub fn mgmt(&self, method: &str, target: &str, token: &str, body: Option<&str>) -> Resp {
+        let auth = format!("Bearer {token}");
+        let mut h = vec![("Authorization", auth.as_str())];
+        if body.is_some() {
+            h.push(("Content-Type", "application/json"));
+        }
+        self.req(method, target, &h, body.map(str::as_bytes))
+    }
+
+    /// Creates a key; returns the 201 body.
+    pub fn create_key(&self, inbox: &str, name: &str) -> serde_json::Value {
+        let r = self.mgmt(
+            "POST",
+            &format!("/human/v0/inboxes/{inbox}/api-keys"),
+            ADMIN_TOKEN,
+            Some(&serde_json::json!({ "name": name }).to_string()),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        r.json()
+    }
+
+    /// A proxied request with an API key.
+    pub fn call(&self, method: &str, target: &str, key: &str) -> Resp {
+        let auth = format!("Bearer {key}");
+        self.req(method, target, &[("Authorization", &auth)], None)
+    }
+
+    pub fn metrics(&self) -> String {
+        request(self.metrics_addr, "GET", "/metrics", &[], None).text()
+    }
+
+    /// The value of one metric series (exact name with labels), 0 when absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics(), series)
+    }
+}
+
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
