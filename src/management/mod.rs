@@ -5,6 +5,8 @@ pub mod errors;
 pub mod principal;
 mod query;
 pub mod routes;
+#[cfg(test)]
+mod tests;
 pub mod types;
 
 use std::net::IpAddr;
