@@ -1,0 +1,261 @@
+//! The verifier: header parsing, the cache pipeline, the limiter gate.
+
+mod parsing {
+    use super::super::*;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(
+                http::header::AUTHORIZATION,
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer_credential(&headers(&[])), Err(AuthFailure::Missing));
+        assert_eq!(
+            bearer_credential(&headers(&["Bearer abc"])),
+            Ok(&b"abc"[..])
+        );
+        assert_eq!(
+            bearer_credential(&headers(&["bEaReR abc"])),
+            Ok(&b"abc"[..])
+        );
+        assert_eq!(
+            bearer_credential(&headers(&["Bearer   abc"])),
+            Ok(&b"abc"[..])
+        );
+        assert_eq!(
+            bearer_credential(&headers(&["Bearer a", "Bearer b"])),
+            Err(AuthFailure::Duplicate)
+        );
+        for bad in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", "Token abc"] {
+            assert_eq!(
+                bearer_credential(&headers(&[bad])),
+                Err(AuthFailure::Malformed),
+                "{bad}"
+            );
+        }
+    }
+}
+
+mod pipeline {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use super::super::*;
+    use crate::store::memory::MemoryStore;
+
+    fn cache() -> CacheConfig {
+        CacheConfig {
+            max_entries: 1000,
+            ttl: Duration::from_secs(60),
+            negative_max_entries: 1000,
+            negative_ttl: Duration::from_secs(60),
+        }
+    }
+
+    async fn setup() -> (Arc<MemoryStore>, Verifier, String) {
+        let store = Arc::new(MemoryStore::default());
+        let format = KeyFormat::new("agk");
+        let m = format.generate();
+        store.add_key("key_1", "i@x", m.hash);
+        let v = Verifier::new(
+            format,
+            &cache(),
+            store.clone(),
+            Arc::new(Metrics::new(&[], &[])),
+            Arc::new(FailureLimiter::disabled()),
+        );
+        (store, v, m.plaintext)
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_for_one_key_make_one_query() {
+        let (store, v, key) = setup().await;
+        *store.lookup_delay.lock() = Some(Duration::from_millis(50));
+        let v = Arc::new(v);
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let v = v.clone();
+                let key = key.clone();
+                tokio::spawn(async move { v.authenticate_key(key.as_bytes(), None).await.is_ok() })
+            })
+            .collect();
+        for t in tasks {
+            assert!(t.await.unwrap());
+        }
+        assert_eq!(store.lookups.load(Ordering::SeqCst), 1);
+        // Unknown keys: coalesced too, then remembered.
+        let unknown = KeyFormat::new("agk").generate().plaintext;
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let v = v.clone();
+                let k = unknown.clone();
+                tokio::spawn(async move { v.authenticate_key(k.as_bytes(), None).await })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().err(), Some(AuthFailure::Unknown));
+        }
+        assert_eq!(
+            v.authenticate_key(unknown.as_bytes(), None).await.err(),
+            Some(AuthFailure::Unknown)
+        );
+        assert_eq!(store.lookups.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn garbage_never_reaches_the_store() {
+        let (store, v, key) = setup().await;
+        let mut bad = key.clone().into_bytes();
+        bad[10] = if bad[10] == b'a' { b'b' } else { b'a' };
+        assert_eq!(
+            v.authenticate_key(&bad, None).await.err(),
+            Some(AuthFailure::Checksum)
+        );
+        assert_eq!(
+            v.authenticate_key(b"agk_x", None).await.err(),
+            Some(AuthFailure::Malformed)
+        );
+        assert_eq!(
+            v.authenticate_key(&vec![b'a'; 1 << 20], None).await.err(),
+            Some(AuthFailure::Malformed)
+        );
+        assert_eq!(store.lookups.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn store_outage_keeps_cached_keys_and_does_not_cache_unknown() {
+        let (store, v, key) = setup().await;
+        assert!(v.authenticate_key(key.as_bytes(), None).await.is_ok());
+        store.failing.store(true, Ordering::SeqCst);
+        assert!(v.authenticate_key(key.as_bytes(), None).await.is_ok());
+        // An uncached key: the outage is reported, and not remembered as "unknown".
+        let other = KeyFormat::new("agk").generate().plaintext;
+        assert_eq!(
+            v.authenticate_key(other.as_bytes(), None).await.err(),
+            Some(AuthFailure::StoreUnavailable)
+        );
+        store.failing.store(false, Ordering::SeqCst);
+        assert_eq!(
+            v.authenticate_key(other.as_bytes(), None).await.err(),
+            Some(AuthFailure::Unknown)
+        );
+    }
+
+    #[tokio::test]
+    async fn revoked_keys_stop_at_once() {
+        let (store, v, key) = setup().await;
+        let id = v.authenticate_key(key.as_bytes(), None).await.unwrap();
+        store.delete_key("i@x", "key_1").await.unwrap();
+        v.revoke(&id.hash).await;
+        assert_eq!(
+            v.authenticate_key(key.as_bytes(), None).await.err(),
+            Some(AuthFailure::Unknown)
+        );
+    }
+
+    fn headers_with(key: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {key}")).unwrap(),
+        );
+        h
+    }
+
+    async fn limited(limit: u32) -> (Arc<MemoryStore>, Arc<Verifier>, String) {
+        use crate::auth::limiter::LimiterConfig;
+        let store = Arc::new(MemoryStore::default());
+        let format = KeyFormat::new("agk");
+        let m = format.generate();
+        store.add_key("key_1", "i@x", m.hash);
+        let limiter = FailureLimiter::new(LimiterConfig {
+            limit,
+            window: Duration::from_secs(60),
+            max_clients: 1000,
+            ipv6_prefix: 64,
+        });
+        let v = Verifier::new(
+            format,
+            &cache(),
+            store.clone(),
+            Arc::new(Metrics::new(&[], &[])),
+            Arc::new(limiter),
+        );
+        (store, Arc::new(v), m.plaintext)
+    }
+
+    #[tokio::test]
+    async fn concurrent_unknown_keys_from_one_client_make_exactly_limit_lookups() {
+        let (store, v, _) = limited(10).await;
+        *store.lookup_delay.lock() = Some(Duration::from_millis(20));
+        let client: Option<std::net::IpAddr> = Some("10.0.0.1".parse().unwrap());
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let v = v.clone();
+                let k = KeyFormat::new("agk").generate().plaintext;
+                tokio::spawn(async move { v.authenticate(&headers_with(&k), client).await })
+            })
+            .collect();
+        let mut limited = 0;
+        for t in tasks {
+            match t.await.unwrap().err() {
+                Some(AuthFailure::RateLimited(_)) => limited += 1,
+                Some(AuthFailure::Unknown) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(store.lookups.load(Ordering::SeqCst), 10);
+        assert_eq!(limited, 54);
+    }
+
+    #[tokio::test]
+    async fn a_blocked_client_keeps_its_cached_key_and_others_are_untouched() {
+        let (store, v, key) = limited(3).await;
+        let bad: Option<std::net::IpAddr> = Some("10.0.0.1".parse().unwrap());
+        // The key is cached by another client first.
+        assert!(v.authenticate(&headers_with(&key), None).await.is_ok());
+        for _ in 0..3 {
+            let k = KeyFormat::new("agk").generate().plaintext;
+            assert_eq!(
+                v.authenticate(&headers_with(&k), bad).await.err(),
+                Some(AuthFailure::Unknown)
+            );
+        }
+        let k = KeyFormat::new("agk").generate().plaintext;
+        assert!(matches!(
+            v.authenticate(&headers_with(&k), bad).await.err(),
+            Some(AuthFailure::RateLimited(_))
+        ));
+        // Garbage from a blocked client: 429 too, never a lookup.
+        assert!(matches!(
+            v.authenticate(&headers_with("agk_x"), bad).await.err(),
+            Some(AuthFailure::RateLimited(_))
+        ));
+        assert!(v.authenticate(&headers_with(&key), bad).await.is_ok());
+        // No credential at all is not a failure, and not refused.
+        assert_eq!(
+            v.authenticate(&HeaderMap::new(), bad).await.err(),
+            Some(AuthFailure::Missing)
+        );
+        let fresh: Option<std::net::IpAddr> = Some("10.0.0.2".parse().unwrap());
+        for _ in 0..50 {
+            assert_eq!(
+                v.authenticate(&HeaderMap::new(), fresh).await.err(),
+                Some(AuthFailure::Missing)
+            );
+        }
+        let k = KeyFormat::new("agk").generate().plaintext;
+        assert_eq!(
+            v.authenticate(&headers_with(&k), fresh).await.err(),
+            Some(AuthFailure::Unknown)
+        );
+        assert_eq!(store.lookups.load(Ordering::SeqCst), 5);
+    }
+}
