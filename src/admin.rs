@@ -48,6 +48,11 @@ impl ServeHttp for AdminApp {
                 {
                     gauge.set(u.healthy_backends() as i64);
                 }
+                if let Some(p) = self.store.pool_status() {
+                    self.metrics.store_pool_in_use.set(p.in_use as i64);
+                    self.metrics.store_pool_idle.set(p.idle as i64);
+                    self.metrics.store_pool_waiting.set(p.waiting as i64);
+                }
                 reply(
                     StatusCode::OK,
                     "text/plain; version=0.0.4",

@@ -35,6 +35,7 @@ use management::Management;
 use metrics::Metrics;
 use proxy::{Gateway, RequestIds};
 use store::metered::MeteredStore;
+use store::postgres::PostgresStore;
 use store::sqlite::SqliteStore;
 use store::Store;
 use upstream::Upstream;
@@ -57,23 +58,54 @@ pub struct Built {
     pub usage: Arc<UsageRecorder>,
 }
 
-/// Opens the configured store (schema migrated).
-pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+/// An opened store, and for a shared store the listener that keeps this instance's caches
+/// following changes made through other instances.
+pub struct OpenedStore {
+    pub store: Arc<dyn Store>,
+    pub listener: Option<store::postgres::RevocationListener>,
+}
+
+/// Opens the configured store (schema migrated), on `rt` for stores that need a runtime.
+pub fn open_store(
+    config: &Config,
+    rt: &tokio::runtime::Runtime,
+) -> Result<OpenedStore, StartError> {
     match &config.store {
-        StoreConfig::Sqlite { path } => Ok(Arc::new(SqliteStore::open(path)?)),
+        StoreConfig::Sqlite { path } => Ok(OpenedStore {
+            store: Arc::new(SqliteStore::open(path)?),
+            listener: None,
+        }),
+        StoreConfig::Postgres(pg) => {
+            let store = rt.block_on(PostgresStore::open(pg))?;
+            let listener = store.listener();
+            if pg.tls_ca_path.is_none() {
+                log::info!("store: TLS to PostgreSQL (when sslmode uses it) is encrypted but does not authenticate the server; set store.tls_ca_path to verify it");
+            }
+            Ok(OpenedStore {
+                store: Arc::new(store),
+                listener: Some(listener),
+            })
+        }
     }
+}
+
+/// A runtime for start-up work (migrations, the page-token secret); dropped before serving.
+fn startup_runtime() -> Result<tokio::runtime::Runtime, StartError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StartError::Server(format!("start-up runtime: {e}")))
 }
 
 /// The page-token MAC key: the store's secret, generated from the OS RNG by whichever
 /// instance asks first.
-fn page_token_key(store: &dyn Store) -> Result<store::cursor::PageTokenKey, StartError> {
+fn page_token_key(
+    store: &dyn Store,
+    rt: &tokio::runtime::Runtime,
+) -> Result<store::cursor::PageTokenKey, StartError> {
     use rand::RngCore;
     let mut candidate = vec![0u8; store::cursor::SECRET_LEN];
     rand::rngs::OsRng.fill_bytes(&mut candidate);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| StartError::Server(format!("start-up runtime: {e}")))?;
     let secret = rt.block_on(store.get_or_create_secret(store::cursor::SECRET_NAME, candidate))?;
     if secret.len() < store::cursor::SECRET_LEN {
         return Err(StartError::Store(store::StoreError::Unavailable(format!(
@@ -96,9 +128,12 @@ pub fn build(config: Config) -> Result<Built, StartError> {
         .collect();
     let upstream_names: Vec<String> = config.upstreams.iter().map(|u| u.name.clone()).collect();
     let metrics = Arc::new(Metrics::new(&route_names, &upstream_names));
-    let store: Arc<dyn Store> = Arc::new(MeteredStore::new(open_store(&config)?, metrics.clone()));
+    let rt = startup_runtime()?;
+    let opened = open_store(&config, &rt)?;
+    let store: Arc<dyn Store> = Arc::new(MeteredStore::new(opened.store, metrics.clone()));
 
-    let page_tokens = page_token_key(store.as_ref())?;
+    let page_tokens = page_token_key(store.as_ref(), &rt)?;
+    drop(rt);
     let key_format = KeyFormat::new(&config.key_prefix);
     let limiter = Arc::new(FailureLimiter::new(LimiterConfig {
         limit: config.limits.failed_auth_per_ip,
@@ -106,13 +141,20 @@ pub fn build(config: Config) -> Result<Built, StartError> {
         max_clients: config.limits.failed_auth_max_clients,
         ipv6_prefix: config.limits.failed_auth_ipv6_prefix,
     }));
-    let verifier = Arc::new(Verifier::new(
-        key_format.clone(),
-        &config.cache,
-        store.clone(),
-        metrics.clone(),
-        limiter.clone(),
-    ));
+    let feed = opened
+        .listener
+        .as_ref()
+        .map_or_else(|| Arc::new(store::FeedHealth::always()), |l| l.health());
+    let verifier = Arc::new(
+        Verifier::new(
+            key_format.clone(),
+            &config.cache,
+            store.clone(),
+            metrics.clone(),
+            limiter.clone(),
+        )
+        .with_feed(feed),
+    );
     let usage = Arc::new(UsageRecorder::new(store.clone(), metrics.clone()));
 
     let port = config.server.listen.port();
@@ -151,6 +193,7 @@ pub fn build(config: Config) -> Result<Built, StartError> {
     }
     let upstreams = Arc::new(upstreams);
 
+    let events_sink = verifier.clone();
     let gateway = Gateway {
         management: Management {
             store: store.clone(),
@@ -203,6 +246,13 @@ pub fn build(config: Config) -> Result<Built, StartError> {
         server.add_service(admin);
     }
 
+    if let Some(listener) = opened.listener {
+        let events: Arc<dyn store::KeyEvents> = events_sink;
+        server.add_service(background_service(
+            "revocation listener",
+            listener.into_service(events, metrics.clone()),
+        ));
+    }
     server.add_service(background_service(
         "used_at flusher",
         UsageFlusher {

@@ -144,6 +144,12 @@ pub struct Metrics {
     pub usage_flush_failures: IntCounter,
     pub usage_flush_duration: Histogram,
     pub access_log_dropped: IntCounter,
+    pub revocation_lag: Histogram,
+    pub revocation_events: IntCounter,
+    pub revocation_listener_up: IntGauge,
+    pub store_pool_in_use: IntGauge,
+    pub store_pool_idle: IntGauge,
+    pub store_pool_waiting: IntGauge,
 }
 
 /// Registers a metric: the one place a bad definition (a bug, caught by the first test run)
@@ -311,7 +317,50 @@ impl Metrics {
             ),
         );
 
+        let revocation_lag = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    name("revocation_lag_seconds"),
+                    "From a key change's commit (its log entry's time) to its eviction here",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+                ]),
+            ),
+        );
+        let revocation_events = register(
+            &registry,
+            IntCounter::new(
+                name("revocation_events_total"),
+                "Key changes from the shared revocation log applied to this instance's caches",
+            ),
+        );
+        let revocation_listener_up = register(
+            &registry,
+            IntGauge::new(
+                name("revocation_listener_up"),
+                "1 while this instance follows the shared revocation log (PostgreSQL store)",
+            ),
+        );
+        let pool = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    name("store_pool_connections"),
+                    "Store connections: in use, idle, and callers waiting for one",
+                ),
+                &["state"],
+            ),
+        );
+
         Metrics {
+            revocation_lag,
+            revocation_events,
+            revocation_listener_up,
+            store_pool_in_use: pool.with_label_values(&["in_use"]),
+            store_pool_idle: pool.with_label_values(&["idle"]),
+            store_pool_waiting: pool.with_label_values(&["waiting"]),
             management_requests,
             proxy_requests,
             management_duration: duration.with_label_values(&["management"]),

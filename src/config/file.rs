@@ -66,6 +66,13 @@ pub(super) struct FileMetrics {
 pub(super) struct FileStore {
     pub(super) kind: String,
     pub(super) path: Option<String>,
+    pub(super) url: Option<String>,
+    pub(super) pool_size: Option<usize>,
+    pub(super) connect_timeout_ms: Option<u64>,
+    pub(super) statement_timeout_ms: Option<u64>,
+    pub(super) tls_ca_path: Option<String>,
+    pub(super) revocation_max_staleness_ms: Option<u64>,
+    pub(super) revocation_log_retention_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

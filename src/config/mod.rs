@@ -34,6 +34,11 @@ pub const DEFAULT_FAILED_AUTH_PER_IP: u32 = 100;
 pub const DEFAULT_FAILED_AUTH_WINDOW_SECS: u64 = 10;
 pub const DEFAULT_FAILED_AUTH_MAX_CLIENTS: usize = 100_000;
 pub const DEFAULT_FAILED_AUTH_IPV6_PREFIX: u8 = 64;
+pub const DEFAULT_PG_POOL_SIZE: usize = 16;
+pub const DEFAULT_PG_CONNECT_TIMEOUT_MS: u64 = 2000;
+pub const DEFAULT_PG_STATEMENT_TIMEOUT_MS: u64 = 5000;
+pub const DEFAULT_REVOCATION_MAX_STALENESS_MS: u64 = 2000;
+pub const DEFAULT_REVOCATION_LOG_RETENTION_SECS: u64 = 86_400;
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 /// SHA-256 of `agm_quickstart_change_me`, the token of the shipped example config. The

@@ -57,6 +57,38 @@ pub struct ServerConfig {
 #[derive(Debug, Clone)]
 pub enum StoreConfig {
     Sqlite { path: PathBuf },
+    Postgres(PostgresConfig),
+}
+
+/// A PostgreSQL store shared by several gateways.
+#[derive(Clone)]
+pub struct PostgresConfig {
+    /// libpq-style URL or key=value string (may hold a password: never logged).
+    pub url: String,
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
+    pub statement_timeout: Duration,
+    /// CA to verify the server's certificate against (sslmode=prefer/require); without it the
+    /// connection is encrypted but the server is not authenticated (libpq's `require`).
+    pub tls_ca_path: Option<PathBuf>,
+    /// How long cached keys are trusted while the revocation listener is down.
+    pub revocation_max_staleness: Duration,
+    /// Age after which revocation-log entries are pruned.
+    pub revocation_log_retention: Duration,
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &"<redacted>")
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("tls_ca_path", &self.tls_ca_path)
+            .field("revocation_max_staleness", &self.revocation_max_staleness)
+            .field("revocation_log_retention", &self.revocation_log_retention)
+            .finish()
+    }
 }
 
 /// What a management token may reach.

@@ -129,8 +129,32 @@ impl Validator<'_> {
     }
 
     fn store(&self, s: FileStore) -> Result<StoreConfig, ConfigError> {
+        let postgres_only = [
+            ("store.url", s.url.is_some()),
+            ("store.pool_size", s.pool_size.is_some()),
+            ("store.connect_timeout_ms", s.connect_timeout_ms.is_some()),
+            (
+                "store.statement_timeout_ms",
+                s.statement_timeout_ms.is_some(),
+            ),
+            ("store.tls_ca_path", s.tls_ca_path.is_some()),
+            (
+                "store.revocation_max_staleness_ms",
+                s.revocation_max_staleness_ms.is_some(),
+            ),
+            (
+                "store.revocation_log_retention_seconds",
+                s.revocation_log_retention_seconds.is_some(),
+            ),
+        ];
         match s.kind.as_str() {
             "sqlite" => {
+                if let Some((field, _)) = postgres_only.iter().find(|(_, set)| *set) {
+                    return Err(self.err(
+                        *field,
+                        "applies only to kind = \"postgres\"; remove it or set store.kind = \"postgres\"",
+                    ));
+                }
                 let path = s.path.filter(|p| !p.trim().is_empty()).ok_or_else(|| {
                     self.err(
                         "store.path",
@@ -139,9 +163,67 @@ impl Validator<'_> {
                 })?;
                 Ok(StoreConfig::Sqlite { path: path.into() })
             }
+            "postgres" => {
+                if s.path.is_some() {
+                    return Err(self.err(
+                        "store.path",
+                        "applies only to kind = \"sqlite\"; PostgreSQL is reached through store.url",
+                    ));
+                }
+                let url = s.url.filter(|u| !u.trim().is_empty()).ok_or_else(|| {
+                    self.err(
+                        "store.url",
+                        "is required for kind = \"postgres\" (e.g. url = \"postgres://gateway@db.internal/gateway?sslmode=require\")",
+                    )
+                })?;
+                // The parser's own message may quote the string, password included: not shown.
+                if url.parse::<tokio_postgres::Config>().is_err() {
+                    return Err(self.err(
+                        "store.url",
+                        "is not a valid PostgreSQL connection string; write a URL (postgres://user@host:5432/db?sslmode=require) or key=value pairs (host=... user=... dbname=...)",
+                    ));
+                }
+                let pool_size = s.pool_size.unwrap_or(DEFAULT_PG_POOL_SIZE);
+                if !(1..=1000).contains(&pool_size) {
+                    return Err(self.err("store.pool_size", "must be between 1 and 1000"));
+                }
+                let ms =
+                    |field: &str, v: Option<u64>, default: u64| -> Result<Duration, ConfigError> {
+                        Ok(Duration::from_millis(
+                            self.positive(field, v.unwrap_or(default))?,
+                        ))
+                    };
+                Ok(StoreConfig::Postgres(PostgresConfig {
+                    url,
+                    pool_size,
+                    connect_timeout: ms(
+                        "store.connect_timeout_ms",
+                        s.connect_timeout_ms,
+                        DEFAULT_PG_CONNECT_TIMEOUT_MS,
+                    )?,
+                    statement_timeout: ms(
+                        "store.statement_timeout_ms",
+                        s.statement_timeout_ms,
+                        DEFAULT_PG_STATEMENT_TIMEOUT_MS,
+                    )?,
+                    tls_ca_path: s.tls_ca_path.map(Into::into),
+                    revocation_max_staleness: ms(
+                        "store.revocation_max_staleness_ms",
+                        s.revocation_max_staleness_ms,
+                        DEFAULT_REVOCATION_MAX_STALENESS_MS,
+                    )?,
+                    revocation_log_retention: Duration::from_secs(
+                        self.positive(
+                            "store.revocation_log_retention_seconds",
+                            s.revocation_log_retention_seconds
+                                .unwrap_or(DEFAULT_REVOCATION_LOG_RETENTION_SECS),
+                        )?,
+                    ),
+                }))
+            }
             other => Err(self.err(
                 "store.kind",
-                format!("{other:?} is not a supported store (supported: \"sqlite\")"),
+                format!("{other:?} is not a supported store (supported: \"sqlite\", \"postgres\")"),
             )),
         }
     }

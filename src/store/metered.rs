@@ -72,6 +72,10 @@ impl Store for MeteredStore {
         self.inner.get_or_create_secret(name, candidate).await
     }
 
+    fn pool_status(&self) -> Option<super::PoolStatus> {
+        self.inner.pool_status()
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let r = self.inner.ping().await;
         self.count(StoreOp::Ping, r)

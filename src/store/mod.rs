@@ -4,6 +4,8 @@
 //! on one instance a delete evicts the key from this instance's caches directly (see
 //! `Verifier::revoke`), and a shared store will add a way to tell every instance.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use async_trait::async_trait;
 
 use crate::keys::KeyHash;
@@ -12,6 +14,7 @@ pub mod cursor;
 #[cfg(test)]
 pub mod memory;
 pub mod metered;
+pub mod postgres;
 pub mod sqlite;
 
 /// Everything stored about a key except its secret (only its hash is kept).
@@ -60,6 +63,94 @@ pub enum StoreError {
     Conflict(String),
 }
 
+/// A connection pool's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    pub in_use: usize,
+    pub idle: usize,
+    /// Callers waiting for a connection.
+    pub waiting: usize,
+}
+
+/// What changed about a key, as told by the shared revocation log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyChange {
+    /// Deleted: it must never authenticate again.
+    Deleted,
+    /// Renamed or re-permissioned: cached copies must be dropped and read again.
+    Updated,
+}
+
+/// Whoever keeps copies of keys (the verifier's caches) and must follow changes made through
+/// any instance.
+#[async_trait]
+pub trait KeyEvents: Send + Sync + 'static {
+    async fn key_changed(&self, hash: &KeyHash, change: KeyChange);
+    /// Changes may have been missed (the log was pruned past what this instance applied):
+    /// drop every cached key.
+    async fn forget_all(&self);
+}
+
+/// Whether this instance's caches may be trusted: with a shared store, only while its change
+/// feed is live, or has been down for less than the staleness bound. One atomic load per
+/// request while the feed is up.
+#[derive(Debug)]
+pub struct FeedHealth {
+    /// 0 while the feed is live; otherwise when it went down (µs since the epoch).
+    down_since_us: AtomicI64,
+    /// `None`: a single-instance store with nothing to follow; always trusted.
+    max_staleness_us: Option<i64>,
+}
+
+impl FeedHealth {
+    /// For a store no other instance writes to.
+    pub fn always() -> FeedHealth {
+        FeedHealth {
+            down_since_us: AtomicI64::new(0),
+            max_staleness_us: None,
+        }
+    }
+
+    /// For a shared store; down until the feed first comes up.
+    pub fn shared(max_staleness: std::time::Duration) -> FeedHealth {
+        FeedHealth {
+            down_since_us: AtomicI64::new(crate::clock::now_us().max(1)),
+            max_staleness_us: Some(max_staleness.as_micros() as i64),
+        }
+    }
+
+    /// Whether a cached key may be used without asking the store.
+    pub fn cache_trusted(&self) -> bool {
+        let down = self.down_since_us.load(Ordering::Acquire);
+        match self.max_staleness_us {
+            None => true,
+            Some(_) if down == 0 => true,
+            Some(max) => crate::clock::now_us() - down <= max,
+        }
+    }
+
+    pub fn set_up(&self) {
+        self.down_since_us.store(0, Ordering::Release);
+    }
+
+    /// Marks the feed down, keeping the earliest time it went down.
+    pub fn set_down(&self) {
+        let now = crate::clock::now_us().max(1);
+        let _ = self
+            .down_since_us
+            .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// When the feed went down (µs since the epoch); 0 while it is live.
+    pub fn down_since_us(&self) -> i64 {
+        self.down_since_us.load(Ordering::Acquire)
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.down_since_us.load(Ordering::Acquire) == 0
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Inserts a key; returns only once it is durable.
@@ -96,4 +187,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks that the store answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Connection-pool gauges, for stores that pool connections.
+    fn pool_status(&self) -> Option<PoolStatus> {
+        None
+    }
 }

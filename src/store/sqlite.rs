@@ -390,6 +390,8 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    //! SQLite-only behaviour; the `Store` contract itself runs against every backend in
+    //! `tests/store.rs`.
     use super::*;
 
     fn key(id: &str, inbox: &str, at: i64, h: u8) -> NewKey {
@@ -405,54 +407,6 @@ mod tests {
             },
             hash: [h; 32],
         }
-    }
-
-    #[tokio::test]
-    async fn create_list_delete_roundtrip() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("sub/g.db")).unwrap();
-        s.create_key(key("k1", "i", 10, 1)).await.unwrap();
-        s.create_key(key("k2", "i", 20, 2)).await.unwrap();
-        s.create_key(key("k3", "other", 30, 3)).await.unwrap();
-        let all = s.list_keys("i", None, 10).await.unwrap();
-        let ids: Vec<_> = all.iter().map(|k| k.api_key_id.as_str()).collect();
-        assert_eq!(ids, ["k2", "k1"]);
-        let after = Cursor {
-            created_at_us: 20,
-            api_key_id: "k2".into(),
-        };
-        let rest = s.list_keys("i", Some(&after), 10).await.unwrap();
-        assert_eq!(rest.len(), 1);
-        assert_eq!(rest[0].api_key_id, "k1");
-        assert_eq!(s.delete_key("other", "k1").await.unwrap(), None);
-        assert_eq!(s.delete_key("i", "k1").await.unwrap(), Some([1; 32]));
-        assert_eq!(s.delete_key("i", "k1").await.unwrap(), None);
-        assert!(s.find_by_hash(&[1; 32]).await.unwrap().is_none());
-        let found = s.find_by_hash(&[2; 32]).await.unwrap().unwrap();
-        assert_eq!(found.api_key_id, "k2");
-        assert_eq!(found.hash, [2; 32]);
-    }
-
-    #[tokio::test]
-    async fn usage_never_moves_backwards() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("g.db")).unwrap();
-        s.create_key(key("k1", "i", 10, 1)).await.unwrap();
-        s.record_usage(&[("k1".into(), 500)]).await.unwrap();
-        s.record_usage(&[("k1".into(), 400), ("gone".into(), 1)])
-            .await
-            .unwrap();
-        let k = &s.list_keys("i", None, 1).await.unwrap()[0];
-        assert_eq!(k.used_at_us, Some(500));
-    }
-
-    #[tokio::test]
-    async fn duplicate_hash_is_a_conflict() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("g.db")).unwrap();
-        s.create_key(key("k1", "i", 10, 1)).await.unwrap();
-        let e = s.create_key(key("k2", "i", 10, 1)).await.unwrap_err();
-        assert!(matches!(e, StoreError::Conflict(_)), "{e}");
     }
 
     #[tokio::test]

@@ -6,10 +6,12 @@
 
 mod gateway;
 mod http;
+mod pgdb;
 mod upstream;
 
 pub use gateway::*;
 pub use http::*;
+pub use pgdb::*;
 pub use upstream::*;
 
 use std::net::TcpListener;

@@ -20,7 +20,7 @@ use crate::answer::{self, Answer};
 use crate::config::CacheConfig;
 use crate::keys::{hash_secret, hashes_equal, KeyFormat, KeyFormatError, KeyHash};
 use crate::metrics::{Metrics, Rejection};
-use crate::store::{AuthRecord, Store};
+use crate::store::{AuthRecord, FeedHealth, KeyChange, KeyEvents, Store};
 
 /// Who a valid API key is: what upstreams are told, and its in-memory usage mark.
 pub struct ApiKeyIdentity {
@@ -148,6 +148,9 @@ pub struct Verifier {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     limiter: Arc<FailureLimiter>,
+    /// Whether cached identities may be used without asking the store (a shared store's
+    /// change feed is live, or not down for long).
+    feed: Arc<FeedHealth>,
 }
 
 impl Verifier {
@@ -175,7 +178,15 @@ impl Verifier {
             store,
             metrics,
             limiter,
+            feed: Arc::new(FeedHealth::always()),
         }
+    }
+
+    /// Follows a shared store's change feed: while it is down past its staleness bound,
+    /// cached keys are confirmed with the store on every use.
+    pub fn with_feed(mut self, feed: Arc<FeedHealth>) -> Verifier {
+        self.feed = feed;
+        self
     }
 
     /// The key format this verifier accepts.
@@ -206,7 +217,8 @@ impl Verifier {
         client: Option<IpAddr>,
     ) -> Result<Arc<ApiKeyIdentity>, AuthFailure> {
         let hash = match self.check_cached(key).await {
-            Ok(Cached::Hit(id)) => return Ok(id),
+            Ok(Cached::Hit(id)) if self.feed.cache_trusted() => return Ok(id),
+            Ok(Cached::Hit(id)) => return self.reconfirm(id).await,
             Ok(Cached::Miss(hash)) => hash,
             Err(f) => return Err(self.failed(client, f)),
         };
@@ -229,6 +241,18 @@ impl Verifier {
                 reservation.keep();
                 Err(f)
             }
+        }
+    }
+
+    /// A cached key while the change feed is stale: it holds only if the store still has it.
+    async fn reconfirm(&self, id: Arc<ApiKeyIdentity>) -> Result<Arc<ApiKeyIdentity>, AuthFailure> {
+        match self.store.find_by_hash(&id.hash).await {
+            Ok(Some(_)) => Ok(id),
+            Ok(None) => {
+                self.revoke(&id.hash).await;
+                Err(AuthFailure::Unknown)
+            }
+            Err(_) => Err(AuthFailure::StoreUnavailable),
         }
     }
 
@@ -329,6 +353,20 @@ impl Verifier {
     pub async fn sync(&self) {
         self.positive.run_pending_tasks().await;
         self.negative.run_pending_tasks().await;
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyEvents for Verifier {
+    async fn key_changed(&self, hash: &KeyHash, change: KeyChange) {
+        match change {
+            KeyChange::Deleted => self.revoke(hash).await,
+            KeyChange::Updated => self.positive.invalidate(hash).await,
+        }
+    }
+
+    async fn forget_all(&self) {
+        self.positive.invalidate_all();
     }
 }
 

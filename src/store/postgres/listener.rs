@@ -1,0 +1,303 @@
+//! Cross-instance revocation: every gateway follows the shared revocation log.
+//!
+//! A delete (and, later, any change to a key) commits the row change and a `key_events` entry
+//! (monotonic `seq`, key hash, time) in one transaction and `NOTIFY`s `CHANNEL`. This listener
+//! holds a dedicated connection that `LISTEN`s, evicts each notified key from this instance's
+//! caches, and after every (re)connect reads every log entry past the last `seq` it applied
+//! before it trusts its caches again, so no revocation is missed. While it is down, the
+//! verifier trusts cached keys for `store.revocation_max_staleness_ms` at most, then asks the
+//! store on every use (`FeedHealth`). A heartbeat every second notices a dead connection.
+//! Entries older than `store.revocation_log_retention_seconds` are pruned; an instance whose
+//! listener was down longer than that drops its whole cache on reconnect.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::sync::mpsc;
+use tokio_postgres::AsyncMessage;
+
+use super::{Connector, CHANNEL};
+use crate::clock::now_us;
+use crate::config::PostgresConfig;
+use crate::keys::KeyHash;
+use crate::metrics::Metrics;
+use crate::store::{FeedHealth, KeyChange, KeyEvents};
+
+const HEARTBEAT: Duration = Duration::from_secs(1);
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The listener of one instance, before it is bound to the caches it keeps true.
+pub struct RevocationListener {
+    connector: Connector,
+    health: Arc<FeedHealth>,
+    retention: Duration,
+    /// The last log entry applied (or known not to matter: the log's end when this instance
+    /// opened the store, before any cache could fill).
+    last_applied: Arc<AtomicI64>,
+}
+
+impl RevocationListener {
+    pub(super) fn new(connector: Connector, settings: &PostgresConfig, start_seq: i64) -> Self {
+        RevocationListener {
+            connector,
+            health: Arc::new(FeedHealth::shared(settings.revocation_max_staleness)),
+            retention: settings.revocation_log_retention,
+            last_applied: Arc::new(AtomicI64::new(start_seq)),
+        }
+    }
+
+    /// Whether this instance's caches may be trusted; shared with the verifier.
+    pub fn health(&self) -> Arc<FeedHealth> {
+        self.health.clone()
+    }
+
+    /// The background service that runs the listener for `events`.
+    pub fn into_service(
+        self,
+        events: Arc<dyn KeyEvents>,
+        metrics: Arc<Metrics>,
+    ) -> RevocationService {
+        RevocationService {
+            listener: self,
+            events,
+            metrics,
+        }
+    }
+}
+
+/// The running listener (a pingora background service).
+pub struct RevocationService {
+    listener: RevocationListener,
+    events: Arc<dyn KeyEvents>,
+    metrics: Arc<Metrics>,
+}
+
+/// One parsed log entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    seq: i64,
+    at_us: i64,
+    change: KeyChange,
+    hash: KeyHash,
+}
+
+fn change_of(kind: &str) -> KeyChange {
+    match kind {
+        "delete" => KeyChange::Deleted,
+        // Anything else (and any kind a newer gateway adds) at least drops the cached copy.
+        _ => KeyChange::Updated,
+    }
+}
+
+/// Parses a notification payload: `seq:at_us:kind:hex(hash)`.
+fn parse_payload(payload: &str) -> Option<Entry> {
+    let mut parts = payload.splitn(4, ':');
+    let seq = parts.next()?.parse().ok()?;
+    let at_us = parts.next()?.parse().ok()?;
+    let change = change_of(parts.next()?);
+    let hash: KeyHash = hex::decode(parts.next()?).ok()?.try_into().ok()?;
+    Some(Entry {
+        seq,
+        at_us,
+        change,
+        hash,
+    })
+}
+
+impl RevocationService {
+    async fn apply(&self, e: &Entry) {
+        let l = &self.listener;
+        if e.seq <= l.last_applied.load(Ordering::Acquire) {
+            return; // seen already (a notification that raced the catch-up read)
+        }
+        self.events.key_changed(&e.hash, e.change).await;
+        l.last_applied.fetch_max(e.seq, Ordering::AcqRel);
+        let lag = (now_us() - e.at_us).max(0) as f64 / 1e6;
+        self.metrics.revocation_lag.observe(lag);
+        self.metrics.revocation_events.inc();
+    }
+
+    /// Applies every log entry past the last one applied.
+    async fn catch_up(&self, client: &tokio_postgres::Client) -> Result<usize, String> {
+        let since = self.listener.last_applied.load(Ordering::Acquire);
+        let rows = client
+            .query(
+                "SELECT seq, at_us, kind, key_hash FROM key_events WHERE seq > $1 ORDER BY seq",
+                &[&since],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        for r in &rows {
+            let hash: &[u8] = r.get(3);
+            let Ok(hash) = hash.try_into() else {
+                log::error!(
+                    "revocation log entry {} has a malformed hash",
+                    r.get::<_, i64>(0)
+                );
+                continue;
+            };
+            let e = Entry {
+                seq: r.get(0),
+                at_us: r.get(1),
+                change: change_of(r.get(2)),
+                hash,
+            };
+            self.apply(&e).await;
+        }
+        Ok(rows.len())
+    }
+
+    /// One listening session: connect, LISTEN, catch up, then follow until the connection
+    /// fails (`Err`) or the server shuts down (`Ok`).
+    async fn session(&self, shutdown: &mut ShutdownWatch) -> Result<(), String> {
+        let l = &self.listener;
+        let (client, mut conn) = l
+            .connector
+            .config
+            .connect(l.connector.tls.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        // The connection task: drives the client and forwards notifications.
+        let driver = tokio::spawn(async move {
+            loop {
+                match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notification(n))) => {
+                        if tx.send(n.payload().to_owned()).is_err() {
+                            return "listener gone".to_owned();
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return e.to_string(),
+                    None => return "connection closed".to_owned(),
+                }
+            }
+        });
+        let result = self.follow(&client, &mut rx, shutdown).await;
+        driver.abort();
+        result
+    }
+
+    async fn follow(
+        &self,
+        client: &tokio_postgres::Client,
+        rx: &mut mpsc::UnboundedReceiver<String>,
+        shutdown: &mut ShutdownWatch,
+    ) -> Result<(), String> {
+        let l = &self.listener;
+        client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .await
+            .map_err(|e| e.to_string())?;
+        // Down longer than entries are kept: some may be gone, so nothing cached is trusted.
+        let down_since = l.health.down_since_us();
+        if down_since != 0 && now_us() - down_since > l.retention.as_micros() as i64 {
+            log::warn!("revocation listener was down longer than the log is kept; dropping every cached key");
+            self.events.forget_all().await;
+        }
+        let applied = self.catch_up(client).await?;
+        l.health.set_up();
+        self.metrics.revocation_listener_up.set(1);
+        log::info!("revocation listener up ({applied} missed log entries applied)");
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        let mut prune = tokio::time::interval(PRUNE_EVERY);
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(payload) => match parse_payload(&payload) {
+                        Some(e) => self.apply(&e).await,
+                        None => log::warn!("ignoring a malformed revocation notification"),
+                    },
+                    None => return Err("notification stream ended".into()),
+                },
+                _ = heartbeat.tick() => {
+                    match tokio::time::timeout(HEARTBEAT, client.simple_query("SELECT 1")).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return Err(e.to_string()),
+                        Err(_) => return Err("heartbeat timed out".into()),
+                    }
+                }
+                _ = prune.tick() => {
+                    let before = now_us() - l.retention.as_micros() as i64;
+                    if let Err(e) = client
+                        .execute("DELETE FROM key_events WHERE at_us < $1", &[&before])
+                        .await
+                    {
+                        log::warn!("pruning the revocation log failed: {e}");
+                    }
+                }
+                _ = shutdown.changed() => return Ok(()),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for RevocationService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let result = self.session(&mut shutdown).await;
+            let was_up = self.listener.health.is_up();
+            self.listener.health.set_down();
+            self.metrics.revocation_listener_up.set(0);
+            match result {
+                Ok(()) => return,
+                Err(e) => log::warn!("revocation listener down: {e}; reconnecting"),
+            }
+            let backoff_now = if was_up {
+                Duration::from_millis(50)
+            } else {
+                backoff
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(backoff_now) => {}
+                _ = shutdown.changed() => return,
+            }
+            backoff = if was_up {
+                Duration::from_millis(50)
+            } else {
+                (backoff * 2).min(MAX_BACKOFF)
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_parse() {
+        let h = [7u8; 32];
+        let p = format!("42:1700000000000000:delete:{}", hex::encode(h));
+        assert_eq!(
+            parse_payload(&p),
+            Some(Entry {
+                seq: 42,
+                at_us: 1_700_000_000_000_000,
+                change: KeyChange::Deleted,
+                hash: h
+            })
+        );
+        let p = format!("43:1:update:{}", hex::encode(h));
+        assert_eq!(parse_payload(&p).unwrap().change, KeyChange::Updated);
+        for bad in [
+            "",
+            "1:2:delete",
+            "x:2:delete:00",
+            "1:2:delete:zz",
+            "1:2:delete:0011",
+        ] {
+            assert_eq!(parse_payload(bad), None, "{bad}");
+        }
+    }
+}
