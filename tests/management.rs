@@ -64,7 +64,6 @@ fn is_rfc3339_seconds(s: &str) -> bool {
         && b[19] == b'Z'
 }
 
-#[test]
 fn create_list_delete() {
     let g = Gateway::start("");
     let r = g.mgmt(
@@ -144,7 +143,6 @@ fn create_list_delete() {
     assert_error(&r, 404, "NotFoundError");
 }
 
-#[test]
 fn key_of_inbox_without_pod_omits_pod_id() {
     let g = Gateway::start("");
     let created = g.create_key(NOPOD, "x");
@@ -154,7 +152,6 @@ fn key_of_inbox_without_pod_omits_pod_id() {
     assert!(v["api_keys"][0].get("used_at").is_none());
 }
 
-#[test]
 fn delete_of_another_inboxes_key_is_404() {
     let g = Gateway::start("");
     let id = g.create_key(SUPPORT, "x")["api_key_id"]
@@ -174,7 +171,6 @@ fn delete_of_another_inboxes_key_is_404() {
     );
 }
 
-#[test]
 fn pagination_over_250_keys() {
     let g = Gateway::start("");
     let mut created = Vec::new();
@@ -196,7 +192,6 @@ fn pagination_over_250_keys() {
     assert!(default["next_page_token"].is_string());
 }
 
-#[test]
 fn walk_during_concurrent_creates_and_deletes() {
     let g = Gateway::start("");
     let mut stable = Vec::new();
@@ -259,7 +254,6 @@ fn walk_during_concurrent_creates_and_deletes() {
     }
 }
 
-#[test]
 fn bad_inputs_get_exact_errors() {
     let g = Gateway::start("");
     let p = keys_path(SUPPORT);
@@ -389,7 +383,6 @@ fn bad_inputs_get_exact_errors() {
     assert_eq!(g.mgmt("GET", &p, ADMIN_TOKEN, None).json()["count"], 4);
 }
 
-#[test]
 fn authentication_errors() {
     let g = Gateway::start("");
     let p = keys_path(SUPPORT);
@@ -415,7 +408,6 @@ fn authentication_errors() {
     assert_error(&r, 401, "AuthenticationError");
 }
 
-#[test]
 fn scope_rules_for_all_pod_and_inbox_tokens() {
     let g = Gateway::start("");
     let create = |token: &str, inbox: &str| {
@@ -467,7 +459,6 @@ fn scope_rules_for_all_pod_and_inbox_tokens() {
     assert_eq!(v["count"], 3);
 }
 
-#[test]
 fn data_survives_restart() {
     let mut g = Gateway::start("");
     let a = g.create_key(SUPPORT, "a");
@@ -491,7 +482,6 @@ fn data_survives_restart() {
     assert_eq!(v["api_keys"][0]["api_key_id"], a["api_key_id"]);
 }
 
-#[test]
 fn created_key_survives_kill_9() {
     let mut g = Gateway::start("");
     let created = g.create_key(SUPPORT, "durable");
@@ -502,7 +492,6 @@ fn created_key_survives_kill_9() {
     assert_eq!(v["api_keys"][0]["api_key_id"], created["api_key_id"]);
 }
 
-#[test]
 fn metrics_health_and_readiness() {
     let g = Gateway::start("");
     g.create_key(SUPPORT, "m");
@@ -592,7 +581,6 @@ fn unkeyed_token(inbox: &str, version: u8, created_at_us: i64, id: &str, tag_len
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(payload)
 }
 
-#[test]
 fn page_tokens_cannot_be_minted_or_moved_and_survive_restarts() {
     let mut g = Gateway::start("");
     let p = keys_path(SUPPORT);
@@ -642,7 +630,6 @@ fn page_tokens_cannot_be_minted_or_moved_and_survive_restarts() {
     assert_error(&r, 400, "ValidationError");
 }
 
-#[test]
 fn duplicate_members_and_long_unknown_parameters() {
     let g = Gateway::start("");
     let p = keys_path(SUPPORT);
@@ -672,3 +659,19 @@ fn duplicate_members_and_long_unknown_parameters() {
         json!(["query", "foo"])
     );
 }
+
+on_every_store!(
+    create_list_delete,
+    key_of_inbox_without_pod_omits_pod_id,
+    delete_of_another_inboxes_key_is_404,
+    pagination_over_250_keys,
+    walk_during_concurrent_creates_and_deletes,
+    bad_inputs_get_exact_errors,
+    authentication_errors,
+    scope_rules_for_all_pod_and_inbox_tokens,
+    data_survives_restart,
+    created_key_survives_kill_9,
+    metrics_health_and_readiness,
+    page_tokens_cannot_be_minted_or_moved_and_survive_restarts,
+    duplicate_members_and_long_unknown_parameters,
+);

@@ -23,7 +23,6 @@ fn key_for(g: &Gateway, inbox: &str) -> (String, String) {
     )
 }
 
-#[test]
 fn forwards_with_identity_headers_and_without_credential() {
     let (g, up) = setup();
     let (key, id) = key_for(&g, SUPPORT);
@@ -68,7 +67,6 @@ fn forwards_with_identity_headers_and_without_credential() {
     assert_eq!(up.requests()[1].all("x-request-id"), [rid.as_str()]);
 }
 
-#[test]
 fn percent_encoded_inbox_segment_matches_once_decoded() {
     let (g, up) = setup();
     let (key, _) = key_for(&g, SUPPORT);
@@ -80,7 +78,6 @@ fn percent_encoded_inbox_segment_matches_once_decoded() {
     );
 }
 
-#[test]
 fn spoofed_identity_headers_are_removed() {
     let (g, up) = setup();
     let (key, id) = key_for(&g, SUPPORT);
@@ -109,7 +106,6 @@ fn spoofed_identity_headers_are_removed() {
     assert!(req.all("x-agentry-role").is_empty());
 }
 
-#[test]
 fn auth_failures_answer_identically() {
     let (g, up) = setup();
     let (key, id) = key_for(&g, SUPPORT);
@@ -212,7 +208,6 @@ fn auth_failures_answer_identically() {
     let _ = id;
 }
 
-#[test]
 fn hostile_paths_never_reach_the_upstream() {
     let (g, up) = setup();
     let (key, _) = key_for(&g, SUPPORT);
@@ -264,7 +259,6 @@ fn hostile_paths_never_reach_the_upstream() {
     assert_eq!(up.count(), 0, "{:?}", up.requests());
 }
 
-#[test]
 fn deleted_key_is_refused_on_the_very_next_request() {
     let (g, up) = setup();
     let (key, id) = key_for(&g, SUPPORT);
@@ -302,7 +296,6 @@ fn used_at_of(g: &Gateway, inbox: &str, id: &str) -> Option<String> {
         .and_then(|k| k["used_at"].as_str().map(str::to_owned))
 }
 
-#[test]
 fn used_at_is_shown_at_once_and_persisted_by_flush_and_sigterm() {
     let (mut g, _up) = setup();
     let (key, id) = key_for(&g, SUPPORT);
@@ -333,7 +326,6 @@ fn used_at_is_shown_at_once_and_persisted_by_flush_and_sigterm() {
     assert!(used_at_of(&g, SALES, &id2).is_some());
 }
 
-#[test]
 fn sigterm_flushes_marks_made_just_before() {
     let up = Upstream::start();
     // A flush interval far longer than the test: only the shutdown flushes can save the mark.
@@ -356,7 +348,6 @@ fn sigterm_flushes_marks_made_just_before() {
     assert!(used_at_of(&g, SUPPORT, &id).is_some());
 }
 
-#[test]
 fn round_robin_failover_and_all_down() {
     let up1 = Upstream::start();
     let mut up2 = Upstream::start();
@@ -394,7 +385,6 @@ fn round_robin_failover_and_all_down() {
     assert_eq!(r.json()["code"], "no_healthy_upstream");
 }
 
-#[test]
 fn upstream_failures_are_json_and_the_gateway_stays_up() {
     let mut refused = Upstream::start();
     let reset = Upstream::start_mode(Mode::Reset);
@@ -471,7 +461,6 @@ upstream = "ok"
     );
 }
 
-#[test]
 fn metrics_move_as_requests_flow() {
     let (g, _up) = setup();
     let (key, _) = key_for(&g, SUPPORT);
@@ -560,3 +549,17 @@ fn uncached_keys_get_503_while_the_store_is_gone_and_recover() {
     );
     assert_eq!(up.count(), 3);
 }
+
+on_every_store!(
+    forwards_with_identity_headers_and_without_credential,
+    percent_encoded_inbox_segment_matches_once_decoded,
+    spoofed_identity_headers_are_removed,
+    auth_failures_answer_identically,
+    hostile_paths_never_reach_the_upstream,
+    deleted_key_is_refused_on_the_very_next_request,
+    used_at_is_shown_at_once_and_persisted_by_flush_and_sigterm,
+    sigterm_flushes_marks_made_just_before,
+    round_robin_failover_and_all_down,
+    upstream_failures_are_json_and_the_gateway_stays_up,
+    metrics_move_as_requests_flow,
+);

@@ -3,6 +3,7 @@
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -16,6 +17,94 @@ pub struct Gateway {
     child: Option<Child>,
     starts: usize,
     args: Vec<String>,
+    /// The PostgreSQL database this gateway uses (kept alive while it runs).
+    pub pg: Option<Arc<TestDb>>,
+}
+
+/// Which store the gateways of the current test use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+thread_local! {
+    static BACKEND: std::cell::Cell<Backend> = const { std::cell::Cell::new(Backend::Sqlite) };
+    static TEST_NAME: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// The backend of the current test.
+pub fn backend() -> Backend {
+    BACKEND.with(|b| b.get())
+}
+
+/// Runs a test body with every gateway it starts on a PostgreSQL database of its own (or, with
+/// no server, reports it as not run; see `pgdb.rs`).
+pub fn run_on_postgres(test: &str, body: fn()) {
+    let Some(probe) = TestDb::create(test) else {
+        return;
+    };
+    drop(probe);
+    BACKEND.with(|b| b.set(Backend::Postgres));
+    TEST_NAME.with(|t| *t.borrow_mut() = test.to_owned());
+    body();
+}
+
+/// Generates, for each named test body (a plain `fn()`), a `sqlite::name` and a
+/// `postgres::name` test: the same assertions against both stores.
+#[macro_export]
+macro_rules! on_every_store {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $( #[test] fn $name() { super::$name() } )+
+        }
+        mod postgres {
+            $(
+                #[test]
+                fn $name() {
+                    $crate::common::run_on_postgres(
+                        concat!(module_path!(), "::", stringify!($name)),
+                        super::$name,
+                    )
+                }
+            )+
+        }
+    };
+}
+
+/// Which store a gateway uses.
+#[derive(Clone)]
+pub enum StoreSpec {
+    /// A SQLite file of its own.
+    Sqlite,
+    /// A PostgreSQL database, with extra `[store]` lines.
+    Postgres(Arc<TestDb>, String),
+    /// A `[store]` section written by the test (e.g. a URL through a forwarder), and the
+    /// database to keep alive while the gateway runs.
+    Raw(String, Arc<TestDb>),
+}
+
+impl StoreSpec {
+    fn toml(&self, dir: &std::path::Path) -> String {
+        match self {
+            StoreSpec::Sqlite => format!(
+                "[store]\nkind = \"sqlite\"\npath = \"{}/gateway.db\"\n",
+                dir.display()
+            ),
+            StoreSpec::Postgres(db, extra) => format!(
+                "[store]\nkind = \"postgres\"\nurl = \"{}\"\npool_size = 4\n{extra}\n",
+                db.url()
+            ),
+            StoreSpec::Raw(section, _) => format!("{section}\n"),
+        }
+    }
+
+    fn db(&self) -> Option<Arc<TestDb>> {
+        match self {
+            StoreSpec::Sqlite => None,
+            StoreSpec::Postgres(db, _) | StoreSpec::Raw(_, db) => Some(db.clone()),
+        }
+    }
 }
 
 impl Gateway {
@@ -27,6 +116,19 @@ impl Gateway {
     /// Starts with `body` as everything after [server]/[metrics]/[store], and `server_extra`
     /// appended to [server].
     pub fn start_with(body: &str, server_extra: &str) -> Gateway {
+        let store = match backend() {
+            Backend::Sqlite => StoreSpec::Sqlite,
+            Backend::Postgres => {
+                let name = TEST_NAME.with(|t| t.borrow().clone());
+                let db = TestDb::create(&name).expect("PostgreSQL was reachable a moment ago");
+                StoreSpec::Postgres(Arc::new(db), String::new())
+            }
+        };
+        Gateway::start_on(store, body, server_extra)
+    }
+
+    /// Starts on the given store.
+    pub fn start_on(store: StoreSpec, body: &str, server_extra: &str) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mport = free_port();
@@ -44,14 +146,12 @@ upgrade_sock = "{dir}/gw.sock"
 [metrics]
 listen = "127.0.0.1:{mport}"
 
-[store]
-kind = "sqlite"
-path = "{dir}/gateway.db"
-
+{store}
 {usage}
 {body}
 "#,
             dir = dir.path().display(),
+            store = store.toml(dir.path()),
             grace = if server_extra.contains("grace_period_seconds") {
                 ""
             } else {
@@ -63,7 +163,9 @@ path = "{dir}/gateway.db"
                 "[usage]\nflush_interval_ms = 200\n"
             }
         );
-        Gateway::launch(dir, &config, port, mport, &[])
+        let mut g = Gateway::launch(dir, &config, port, mport, &[]);
+        g.pg = store.db();
+        g
     }
 
     /// Starts the binary on a whole config text (which must listen on `port` and serve
@@ -85,6 +187,7 @@ path = "{dir}/gateway.db"
             child: None,
             starts: 0,
             args: args.iter().map(|a| a.to_string()).collect(),
+            pg: None,
         };
         g.spawn();
         g

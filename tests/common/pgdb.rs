@@ -19,6 +19,20 @@ fn required() -> bool {
     std::env::var("AGENTRY_REQUIRE_POSTGRES").is_ok_and(|v| v == "1")
 }
 
+/// The server's TCP address, from its key=value string (`host`, `port`).
+pub fn server_addr() -> std::net::SocketAddr {
+    let s = server();
+    let get = |k: &str| {
+        s.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")).map(str::to_owned))
+    };
+    let host = get("host").unwrap_or_else(|| "127.0.0.1".into());
+    let port = get("port").unwrap_or_else(|| "5432".into());
+    format!("{host}:{port}")
+        .parse()
+        .expect("AGENTRY_TEST_PG host must be an IP address")
+}
+
 /// A database that exists for one test.
 pub struct TestDb {
     pub name: String,
@@ -55,6 +69,24 @@ impl TestDb {
     /// Its libpq key=value connection string.
     pub fn url(&self) -> String {
         format!("{} dbname={}", server(), self.name)
+    }
+
+    /// Its connection string, but reaching the server through `via` (e.g. a forwarder).
+    pub fn url_via(&self, via: std::net::SocketAddr) -> String {
+        let server = server();
+        let rest: Vec<&str> = server
+            .split_whitespace()
+            .filter(|kv| {
+                !kv.starts_with("host=") && !kv.starts_with("port=") && !kv.starts_with("dbname=")
+            })
+            .collect();
+        format!(
+            "host={} port={} {} dbname={}",
+            via.ip(),
+            via.port(),
+            rest.join(" "),
+            self.name
+        )
     }
 
     /// A synchronous client on it (test set-up and checks).

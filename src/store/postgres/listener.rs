@@ -27,6 +27,8 @@ use crate::keys::KeyHash;
 use crate::metrics::Metrics;
 use crate::store::{FeedHealth, KeyChange, KeyEvents};
 
+/// How the listening connection names itself in `pg_stat_activity`.
+pub const LISTENER_APPLICATION_NAME: &str = "agentry-gateway-revocation-listener";
 const HEARTBEAT: Duration = Duration::from_secs(1);
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -156,9 +158,9 @@ impl RevocationService {
     /// fails (`Err`) or the server shuts down (`Ok`).
     async fn session(&self, shutdown: &mut ShutdownWatch) -> Result<(), String> {
         let l = &self.listener;
-        let (client, mut conn) = l
-            .connector
-            .config
+        let mut config = l.connector.config.clone();
+        config.application_name(LISTENER_APPLICATION_NAME);
+        let (client, mut conn) = config
             .connect(l.connector.tls.clone())
             .await
             .map_err(|e| e.to_string())?;
