@@ -94,6 +94,7 @@ class Bench:
         os.chmod(self.dir, 0o755)  # nginx workers run as nobody and read big.txt from here
         self.procs = {}
         self.pids = {}
+        self.pg_dbs = []
 
     # -- processes ------------------------------------------------------------------------
 
@@ -213,9 +214,7 @@ upgrade_sock = "{self.dir}/gw{port}.sock"
 {self.args.gw_server}
 [metrics]
 listen = "127.0.0.1:{mport}"
-[store]
-kind = "sqlite"
-path = "{db}"
+{self.store_toml(db)}
 [usage]
 flush_interval_ms = {self.args.flush_ms}
 [logging]
@@ -237,6 +236,26 @@ path = "/v0/inboxes/{{inbox_id}}"
 upstream = "inbox"
 """
 
+    def store_toml(self, db):
+        if self.args.store == "postgres":
+            return f'[store]\nkind = "postgres"\nurl = "{db}"\npool_size = 8'
+        return f'[store]\nkind = "sqlite"\npath = "{db}"'
+
+    def database(self, name):
+        """A store location: a SQLite file here, or a fresh PostgreSQL database."""
+        if self.args.store != "postgres":
+            return os.path.join(self.dir, f"{name}.db")
+        db = f"agentry_bench_{os.getpid()}_{name}"
+        sh(["psql", self.args.pg_admin, "-qc", f"DROP DATABASE IF EXISTS {db}"])
+        sh(["psql", self.args.pg_admin, "-qc", f"CREATE DATABASE {db}"])
+        self.pg_dbs.append(db)
+        return f"{self.args.pg_server} dbname={db}"
+
+    def drop_databases(self):
+        for db in self.pg_dbs:
+            subprocess.run(["psql", self.args.pg_admin, "-qc", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"],
+                           check=False)
+
     def start_gateway(self, name, port, mport, db):
         cfg = self.write(f"gateway-{port}.toml", self.gateway_config(port, mport, db))
         env_cmd = ["env", "RUST_LOG=warn", GATEWAY, "run", "--config", cfg]
@@ -248,10 +267,10 @@ upstream = "inbox"
     # -- data ----------------------------------------------------------------------------
 
     def seed(self):
-        self.db = os.path.join(self.dir, "s5.db")
+        self.db = self.database("s5")
         self.keys_file = os.path.join(self.dir, "keys-1k.txt")
         sh([SEED, self.db, self.keys_file, "1000", "100"])
-        self.db7 = os.path.join(self.dir, "s7.db")
+        self.db7 = self.database("s7")
         self.keys7 = os.path.join(self.dir, "keys-100k.txt")
         sh([SEED, self.db7, self.keys7, str(self.args.s7_keys), "1"])
         # S6: malformed, bad-checksum and unknown (well-formed, never issued) keys.
@@ -399,6 +418,12 @@ def main():
     ap.add_argument("--json", default="", help="also write raw results to this file")
     ap.add_argument("--flush-ms", type=int, default=1000, help="gateway usage.flush_interval_ms")
     ap.add_argument("--soak", type=int, default=0, help="run only the soak test, this many seconds")
+    ap.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite",
+                    help="the gateways' store (postgres: a fresh database per gateway on --pg-server)")
+    ap.add_argument("--pg-server", default="host=127.0.0.1 port=5432 user=postgres",
+                    help="libpq key=value of the PostgreSQL server for --store postgres")
+    ap.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                    help="psql connection for creating and dropping the bench databases")
     args = ap.parse_args()
 
     b = Bench(args)
@@ -425,6 +450,7 @@ def main():
         mgmt = b.management() if not args.only or "M" in args.only.split(",") else {}
     finally:
         b.stop_all()
+        b.drop_databases()
         if not os.environ.get("BENCH_KEEP"):
             shutil.rmtree(b.dir, ignore_errors=True)
 
