@@ -83,6 +83,10 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
                         prefix: m.display_prefix.clone(),
                         created_at_us: i,
                         used_at_us: None,
+                        permissions: None,
+                        expires_at_us: None,
+                        updated_at_us: i,
+                        created_by: None,
                     },
                     hash: m.hash,
                 })

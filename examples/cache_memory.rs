@@ -14,7 +14,7 @@ use agentry_gateway::auth::Verifier;
 use agentry_gateway::config::CacheConfig;
 use agentry_gateway::keys::{KeyFormat, KeyHash};
 use agentry_gateway::metrics::Metrics;
-use agentry_gateway::store::{AuthRecord, Cursor, KeyRecord, NewKey, Store, StoreError};
+use agentry_gateway::store::{AuthRecord, Cursor, KeyRecord, KeyUpdate, NewKey, Store, StoreError};
 
 /// Knows every key: derives a record from the hash, holds nothing in memory.
 struct Synthetic;
@@ -42,10 +42,23 @@ impl Store for Synthetic {
             inbox_id: format!("inbox{}@bench.example", n % 1000),
             pod_id: Some("pod_bench".into()),
             hash: *hash,
+            permissions: None,
+            expires_at_us: None,
         }))
     }
     async fn record_usage(&self, _m: &[(String, i64)]) -> Result<(), StoreError> {
         Ok(())
+    }
+    async fn update_key(
+        &self,
+        _i: &str,
+        _k: &str,
+        _u: KeyUpdate,
+    ) -> Result<Option<(KeyRecord, KeyHash)>, StoreError> {
+        Ok(None)
+    }
+    async fn get_key(&self, _i: &str, _k: &str) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(None)
     }
     async fn get_or_create_secret(&self, _n: &str, c: Vec<u8>) -> Result<Vec<u8>, StoreError> {
         Ok(c)

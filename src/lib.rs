@@ -13,6 +13,7 @@ pub mod header_deadline;
 pub mod keys;
 pub mod management;
 pub mod metrics;
+pub mod permissions;
 pub mod proxy;
 pub mod store;
 pub mod target;
@@ -207,6 +208,8 @@ pub fn build(config: Config) -> Result<Built, StartError> {
             clock: Default::default(),
             page_tokens,
             limiter,
+            vocabulary: Arc::new(config.permissions.clone()),
+            max_lifetime: config.max_key_lifetime,
         },
         verifier,
         usage: usage.clone(),

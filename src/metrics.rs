@@ -44,6 +44,7 @@ label_enum!(
         ListApiKeys => "list_api_keys",
         CreateApiKey => "create_api_key",
         DeleteApiKey => "delete_api_key",
+        UpdateApiKey => "update_api_key",
         Other => "other",
     }
 );
@@ -76,6 +77,8 @@ label_enum!(
         FindByHash => "find_by_hash",
         RecordUsage => "record_usage",
         Ping => "ping",
+        Update => "update",
+        Get => "get",
     }
 );
 

@@ -87,9 +87,13 @@ fn create_list_delete() {
             "inbox_id",
             "name",
             "pod_id",
-            "prefix"
+            "prefix",
+            "type",
+            "updated_at"
         ]
     );
+    assert_eq!(created["type"], "bearer");
+    assert_eq!(created["updated_at"], created["created_at"]);
     let key = created["api_key"].as_str().unwrap();
     assert!(key.starts_with("agk_") && key.len() == 53, "{key}");
     assert_eq!(created["inbox_id"], SUPPORT);
@@ -110,8 +114,10 @@ fn create_list_delete() {
     assert_eq!(
         *item,
         json!({
+            "type": "bearer",
             "api_key_id": id,
             "created_at": created["created_at"],
+            "updated_at": created["created_at"],
             "inbox_id": SUPPORT,
             "name": "ci",
             "pod_id": "pod_acme",
@@ -283,10 +289,35 @@ fn bad_inputs_get_exact_errors() {
     validation(&post(r#"{"name":"a\u0007b"}"#), &["body", "name"]);
     validation(&post(r#"{"name":null}"#), &["body", "name"]);
     let v = validation(
-        &post(r#"{"name":"a","expires_at":"2030-01-01T00:00:00Z"}"#),
-        &["body", "expires_at"],
+        &post(r#"{"name":"a","scopes":["all"]}"#),
+        &["body", "scopes"],
     );
-    assert!(v["message"].as_str().unwrap().contains("expires_at"));
+    assert!(v["message"].as_str().unwrap().contains("scopes"));
+    // Expiry in the past or not a time, unknown or non-boolean permissions.
+    for (body, path) in [
+        (
+            r#"{"name":"a","expires_at":"2020-01-01T00:00:00Z"}"#,
+            vec!["body", "expires_at"],
+        ),
+        (
+            r#"{"name":"a","expires_at":"soon"}"#,
+            vec!["body", "expires_at"],
+        ),
+        (
+            r#"{"name":"a","permissions":{"fly":true}}"#,
+            vec!["body", "permissions", "fly"],
+        ),
+        (
+            r#"{"name":"a","permissions":{"message_read":"yes"}}"#,
+            vec!["body", "permissions", "message_read"],
+        ),
+        (
+            r#"{"name":"a","permissions":true}"#,
+            vec!["body", "permissions"],
+        ),
+    ] {
+        validation(&post(body), &path);
+    }
 
     // A 256-character name is fine.
     assert_eq!(
@@ -377,7 +408,7 @@ fn bad_inputs_get_exact_errors() {
     assert_eq!(r.header("allow"), Some("GET, POST"));
     let r = g.mgmt("GET", &format!("{p}/key_x"), ADMIN_TOKEN, None);
     assert_error(&r, 405, "MethodNotAllowedError");
-    assert_eq!(r.header("allow"), Some("DELETE"));
+    assert_eq!(r.header("allow"), Some("DELETE, PATCH"));
 
     // Nothing above created a key beyond the four that were meant to.
     assert_eq!(g.mgmt("GET", &p, ADMIN_TOKEN, None).json()["count"], 4);
@@ -661,6 +692,7 @@ fn duplicate_members_and_long_unknown_parameters() {
 }
 
 on_every_store!(
+    permissions_expiry_and_update,
     create_list_delete,
     key_of_inbox_without_pod_omits_pod_id,
     delete_of_another_inboxes_key_is_404,
@@ -675,3 +707,93 @@ on_every_store!(
     page_tokens_cannot_be_minted_or_moved_and_survive_restarts,
     duplicate_members_and_long_unknown_parameters,
 );
+
+fn permissions_expiry_and_update() {
+    let g = Gateway::start("");
+    let p = keys_path(SUPPORT);
+    let r = g.mgmt(
+        "POST",
+        &p,
+        ADMIN_TOKEN,
+        Some(r#"{"name":"reader","permissions":{"message_read":true,"message_send":false},"expires_at":"2030-01-01T00:00:00Z"}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let created = r.json();
+    assert_eq!(
+        created["permissions"],
+        json!({"message_read": true, "message_send": false})
+    );
+    assert_eq!(created["expires_at"], "2030-01-01T00:00:00Z");
+    assert_eq!(created["type"], "bearer");
+    let id = created["api_key_id"].as_str().unwrap().to_owned();
+    let listed = g.mgmt("GET", &p, ADMIN_TOKEN, None).json();
+    let item = &listed["api_keys"][0];
+    assert_eq!(item["permissions"], created["permissions"]);
+    assert_eq!(item["expires_at"], "2030-01-01T00:00:00Z");
+    assert!(item.get("created_by").is_none());
+
+    // PATCH: name and permissions; the whole key back; updated_at moves, expiry stays.
+    std::thread::sleep(Duration::from_millis(1100));
+    let target = format!("{p}/{id}");
+    let r = g.mgmt(
+        "PATCH",
+        &target,
+        ADMIN_TOKEN,
+        Some(r#"{"name":"sender","permissions":{"message_send":true}}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_json_headers(&r);
+    let updated = r.json();
+    assert_eq!(updated["name"], "sender");
+    assert_eq!(updated["permissions"], json!({"message_send": true}));
+    assert_eq!(updated["expires_at"], "2030-01-01T00:00:00Z");
+    assert_eq!(updated["created_at"], created["created_at"]);
+    assert_ne!(updated["updated_at"], created["updated_at"]);
+    assert!(updated.get("api_key").is_none());
+    let again = g.mgmt("GET", &p, ADMIN_TOKEN, None).json();
+    assert_eq!(again["api_keys"][0], updated);
+    // Rename only: permissions stay.
+    let r = g.mgmt("PATCH", &target, ADMIN_TOKEN, Some(r#"{"name":"renamed"}"#));
+    assert_eq!(r.json()["permissions"], json!({"message_send": true}));
+
+    // Expiry is immutable; anything else is refused; nothing is not an update.
+    for (body, path) in [
+        (
+            r#"{"expires_at":"2031-01-01T00:00:00Z"}"#,
+            json!(["body", "expires_at"]),
+        ),
+        (
+            r#"{"name":"x","inbox_id":"other"}"#,
+            json!(["body", "inbox_id"]),
+        ),
+        (
+            r#"{"permissions":{"nope":true}}"#,
+            json!(["body", "permissions", "nope"]),
+        ),
+        (r#"{}"#, json!(["body"])),
+        (r#"{"name":""}"#, json!(["body", "name"])),
+    ] {
+        let r = g.mgmt("PATCH", &target, ADMIN_TOKEN, Some(body));
+        let v = assert_error(&r, 400, "ValidationError");
+        assert_eq!(v["errors"][0]["path"], path, "{body}");
+    }
+    // Unknown id, and a key of another inbox: 404.
+    let r = g.mgmt(
+        "PATCH",
+        &format!("{p}/key_nope"),
+        ADMIN_TOKEN,
+        Some(r#"{"name":"x"}"#),
+    );
+    assert_error(&r, 404, "NotFoundError");
+    let r = g.mgmt(
+        "PATCH",
+        &format!("{}/{id}", keys_path(SALES)),
+        ADMIN_TOKEN,
+        Some(r#"{"name":"x"}"#),
+    );
+    assert_error(&r, 404, "NotFoundError");
+    // 405 names both methods of a key.
+    let r = g.mgmt("PUT", &target, ADMIN_TOKEN, Some(r#"{"name":"x"}"#));
+    assert_error(&r, 405, "MethodNotAllowedError");
+    assert_eq!(r.header("allow"), Some("DELETE, PATCH"));
+}

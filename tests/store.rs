@@ -10,7 +10,7 @@ use std::time::Duration;
 use agentry_gateway::config::PostgresConfig;
 use agentry_gateway::store::postgres::PostgresStore;
 use agentry_gateway::store::sqlite::SqliteStore;
-use agentry_gateway::store::{Cursor, KeyRecord, NewKey, Store, StoreError};
+use agentry_gateway::store::{Cursor, KeyRecord, KeyUpdate, NewKey, Store, StoreError};
 use common::TestDb;
 
 fn key(id: &str, inbox: &str, at: i64, h: u8) -> NewKey {
@@ -23,6 +23,10 @@ fn key(id: &str, inbox: &str, at: i64, h: u8) -> NewKey {
             prefix: "agk_abc".into(),
             created_at_us: at,
             used_at_us: None,
+            permissions: None,
+            expires_at_us: None,
+            updated_at_us: at,
+            created_by: None,
         },
         hash: [h; 32],
     }
@@ -284,4 +288,72 @@ fn a_delete_appends_to_the_revocation_log_in_its_transaction() {
     assert_eq!(rows.len(), 1, "a delete of nothing logs nothing");
     assert_eq!(rows[0].1, "delete");
     assert_eq!(rows[0].2, vec![9u8; 32]);
+}
+
+#[test]
+fn migrations_carry_existing_sqlite_keys_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        // The schema as version 2 left it, with one key.
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE api_keys (api_key_id TEXT PRIMARY KEY NOT NULL, inbox_id TEXT NOT NULL,
+                 pod_id TEXT, name TEXT NOT NULL, prefix TEXT NOT NULL, key_hash BLOB NOT NULL UNIQUE,
+                 created_at_us INTEGER NOT NULL, used_at_us INTEGER);
+             CREATE TABLE gateway_secrets (name TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL);
+             INSERT INTO api_keys VALUES ('k1', 'i', NULL, 'old', 'agk_x', x'0101010101010101010101010101010101010101010101010101010101010101', 77, NULL);
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    let rt = runtime();
+    let k = rt.block_on(s.list_keys("i", None, 10)).unwrap().remove(0);
+    assert_eq!(k.permissions, None, "all permissions");
+    assert_eq!(k.expires_at_us, None, "no expiry");
+    assert_eq!(k.updated_at_us, 77);
+    let a = rt.block_on(s.find_by_hash(&[1; 32])).unwrap().unwrap();
+    assert_eq!((a.permissions, a.expires_at_us), (None, None));
+}
+
+#[test]
+fn updates_change_only_what_they_name() {
+    on_every_store(
+        "store::updates_change_only_what_they_name",
+        |s| async move {
+            s.create_key(key("k1", "i", 10, 1)).await.unwrap();
+            let upd = |name: Option<&str>, perms: Option<&str>, at| KeyUpdate {
+                name: name.map(Into::into),
+                permissions: perms.map(Into::into),
+                updated_at_us: at,
+            };
+            let (r, h) = s
+                .update_key("i", "k1", upd(Some("new"), None, 20))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (r.name.as_str(), r.permissions.as_deref(), r.updated_at_us),
+                ("new", None, 20)
+            );
+            assert_eq!(h, [1; 32]);
+            let (r, _) = s
+                .update_key("i", "k1", upd(None, Some(r#"{"message_read":true}"#), 30))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(r.name, "new");
+            assert_eq!(r.permissions.as_deref(), Some(r#"{"message_read":true}"#));
+            assert!(s
+                .update_key("other", "k1", upd(Some("x"), None, 40))
+                .await
+                .unwrap()
+                .is_none());
+            assert_eq!(s.get_key("i", "k1").await.unwrap().unwrap(), r);
+            assert!(s.get_key("other", "k1").await.unwrap().is_none());
+            let a = s.find_by_hash(&[1; 32]).await.unwrap().unwrap();
+            assert_eq!(a.permissions.as_deref(), Some(r#"{"message_read":true}"#));
+        },
+    );
 }

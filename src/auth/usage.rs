@@ -214,6 +214,10 @@ mod tests {
             prefix: "p".into(),
             created_at_us: 1,
             used_at_us: None,
+            permissions: None,
+            expires_at_us: None,
+            updated_at_us: 1,
+            created_by: None,
         }];
         rec.overlay(&mut rows);
         assert_eq!(rows[0].used_at_us, Some(42));

@@ -12,6 +12,8 @@ pub(super) struct FileConfig {
     #[serde(default)]
     pub(super) keys: FileKeys,
     #[serde(default)]
+    pub(super) permissions: FilePermissions,
+    #[serde(default)]
     pub(super) management: FileManagement,
     pub(super) inbox_directory: FileInboxDirectory,
     #[serde(default)]
@@ -79,6 +81,14 @@ pub(super) struct FileStore {
 #[serde(deny_unknown_fields)]
 pub(super) struct FileKeys {
     pub(super) prefix: Option<String>,
+    pub(super) max_lifetime_days: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FilePermissions {
+    pub(super) names: Option<Vec<String>>,
+    pub(super) opt_in: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::permissions::Vocabulary;
 use crate::target::RouteTemplate;
 
 /// The validated configuration the gateway runs on.
@@ -15,6 +16,10 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     pub store: StoreConfig,
     pub key_prefix: String,
+    /// `keys.max_lifetime_days`: the latest `expires_at` a new key may have, from now.
+    pub max_key_lifetime: Option<Duration>,
+    /// The permission names keys may hold, and the opt-in ones.
+    pub permissions: Vocabulary,
     pub management_tokens: Vec<ManagementToken>,
     pub inbox_directory: InboxDirectory,
     pub cache: CacheConfig,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::file::*;
 use super::types::*;
 use super::*;
+use crate::permissions::Vocabulary;
 use crate::target::RouteTemplate;
 
 pub(super) struct Validator<'a> {
@@ -53,7 +54,18 @@ impl Validator<'_> {
             ));
         }
         let store = self.store(file.store)?;
+        let max_key_lifetime = match file.keys.max_lifetime_days {
+            None => None,
+            Some(d) if (1..=36_500).contains(&d) => Some(Duration::from_secs(d * 86_400)),
+            Some(_) => {
+                return Err(self.err(
+                    "keys.max_lifetime_days",
+                    "must be between 1 and 36500 days; omit it for keys that may never expire",
+                ))
+            }
+        };
         let key_prefix = self.key_prefix(file.keys)?;
+        let permissions = self.permissions(file.permissions)?;
         let management_tokens = self.tokens(file.management)?;
         let inbox_directory = self.directory(file.inbox_directory, &management_tokens)?;
         let cache = self.cache(file.cache)?;
@@ -70,6 +82,8 @@ impl Validator<'_> {
             metrics_listen,
             store,
             key_prefix,
+            max_key_lifetime,
+            permissions,
             management_tokens,
             inbox_directory,
             cache,
@@ -292,6 +306,29 @@ impl Validator<'_> {
             ));
         }
         Ok(prefix)
+    }
+
+    fn permissions(&self, p: FilePermissions) -> Result<Vocabulary, ConfigError> {
+        use crate::permissions::{DEFAULT_NAMES, DEFAULT_OPT_IN};
+        let custom_names = p.names.is_some();
+        let names = p
+            .names
+            .unwrap_or_else(|| DEFAULT_NAMES.iter().map(|s| s.to_string()).collect());
+        let opt_in = p.opt_in.unwrap_or_else(|| {
+            if custom_names {
+                Vec::new()
+            } else {
+                DEFAULT_OPT_IN.iter().map(|s| s.to_string()).collect()
+            }
+        });
+        Vocabulary::new(names, &opt_in).map_err(|m| {
+            let field = if m.starts_with("opt-in") {
+                "permissions.opt_in"
+            } else {
+                "permissions.names"
+            };
+            self.err(field, m)
+        })
     }
 
     fn tokens(&self, m: FileManagement) -> Result<Vec<ManagementToken>, ConfigError> {

@@ -21,9 +21,10 @@ use crate::auth::Verifier;
 use crate::clock::MonotonicClock;
 use crate::keys::{random_id, KeyFormat};
 use crate::metrics::ManagementRoute;
+use crate::permissions::{Permissions, Vocabulary};
 use crate::store::cursor::PageTokenKey;
-use crate::store::{cursor, Cursor, KeyRecord, NewKey, Store};
-use body::read_create_body;
+use crate::store::{cursor, Cursor, KeyChange, KeyEvents, KeyRecord, KeyUpdate, NewKey, Store};
+use body::{read_key_body, BodyKind, BodyRules, KeyFields};
 pub use body::{BodySource, BytesBody};
 use errors::{ApiError, NotFound};
 use principal::Principals;
@@ -68,6 +69,10 @@ pub struct Management {
     pub page_tokens: PageTokenKey,
     /// Shared with the verifier: failed tokens count like failed keys.
     pub limiter: Arc<FailureLimiter>,
+    /// The permission names keys may hold.
+    pub vocabulary: Arc<Vocabulary>,
+    /// `keys.max_lifetime_days`, when set.
+    pub max_lifetime: Option<std::time::Duration>,
 }
 
 impl Management {
@@ -109,9 +114,19 @@ impl Management {
                 Ok(Answer::json(200, body))
             }
             Endpoint::CreateApiKey { inbox_id } => {
-                let name = read_create_body(&req.headers, body).await?;
-                let body = self.create(inbox_id, grant.pod_id, name).await?;
+                let fields =
+                    read_key_body(&req.headers, body, BodyKind::Create, self.rules()).await?;
+                let body = self.create(inbox_id, grant.pod_id, fields, None).await?;
                 Ok(Answer::json(201, body))
+            }
+            Endpoint::UpdateApiKey {
+                inbox_id,
+                api_key_id,
+            } => {
+                let fields =
+                    read_key_body(&req.headers, body, BodyKind::Update, self.rules()).await?;
+                let body = self.update(&inbox_id, &api_key_id, fields).await?;
+                Ok(Answer::json(200, body))
             }
             Endpoint::DeleteApiKey {
                 inbox_id,
@@ -154,21 +169,36 @@ impl Management {
         serde_json::to_vec(&resp).map_err(|e| ApiError::Internal(e.to_string()))
     }
 
+    /// What request bodies are checked against, now.
+    fn rules(&self) -> BodyRules<'_> {
+        BodyRules {
+            vocabulary: &self.vocabulary,
+            now_us: crate::clock::now_us(),
+            max_lifetime: self.max_lifetime,
+        }
+    }
+
     async fn create(
         &self,
         inbox_id: String,
         pod_id: Option<String>,
-        name: String,
+        fields: KeyFields,
+        created_by: Option<String>,
     ) -> Result<Vec<u8>, ApiError> {
         let material = self.key_format.generate();
+        let created_at_us = self.clock.next_us();
         let record = KeyRecord {
             api_key_id: random_id("key"),
             inbox_id,
             pod_id,
-            name,
+            name: fields.name.unwrap_or_default(),
             prefix: material.display_prefix,
-            created_at_us: self.clock.next_us(),
+            created_at_us,
             used_at_us: None,
+            permissions: fields.permissions.as_ref().map(Permissions::to_json),
+            expires_at_us: fields.expires_at_us,
+            updated_at_us: created_at_us,
+            created_by,
         };
         self.store
             .create_key(NewKey {
@@ -177,16 +207,32 @@ impl Management {
             })
             .await?;
         self.verifier.forget_negative(&material.hash).await;
-        let resp = CreateApiKeyResponse {
-            api_key: material.plaintext,
-            api_key_id: record.api_key_id,
-            created_at: crate::clock::rfc3339(record.created_at_us),
-            inbox_id: record.inbox_id,
-            name: record.name,
-            pod_id: record.pod_id,
-            prefix: record.prefix,
-        };
+        let resp = CreateApiKeyResponse::new(material.plaintext, record);
         serde_json::to_vec(&resp).map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    async fn update(
+        &self,
+        inbox_id: &str,
+        api_key_id: &str,
+        fields: KeyFields,
+    ) -> Result<Vec<u8>, ApiError> {
+        let update = KeyUpdate {
+            name: fields.name,
+            permissions: fields.permissions.as_ref().map(Permissions::to_json),
+            updated_at_us: self.clock.next_us(),
+        };
+        let Some((mut record, hash)) = self.store.update_key(inbox_id, api_key_id, update).await?
+        else {
+            return Err(ApiError::NotFound(NotFound::ApiKey));
+        };
+        // This instance's cached identity follows before the 200 (others through the store's
+        // change log).
+        self.verifier.key_changed(&hash, KeyChange::Updated).await;
+        let mut one = [record];
+        self.usage.overlay(&mut one);
+        [record] = one;
+        serde_json::to_vec(&ApiKeyItem::from(record)).map_err(|e| ApiError::Internal(e.to_string()))
     }
 
     async fn delete(&self, inbox_id: &str, api_key_id: &str) -> Result<(), ApiError> {

@@ -19,6 +19,10 @@ pub enum Endpoint {
         inbox_id: String,
         api_key_id: String,
     },
+    UpdateApiKey {
+        inbox_id: String,
+        api_key_id: String,
+    },
 }
 
 impl Endpoint {
@@ -27,6 +31,7 @@ impl Endpoint {
             Endpoint::ListApiKeys { .. } => ManagementRoute::ListApiKeys,
             Endpoint::CreateApiKey { .. } => ManagementRoute::CreateApiKey,
             Endpoint::DeleteApiKey { .. } => ManagementRoute::DeleteApiKey,
+            Endpoint::UpdateApiKey { .. } => ManagementRoute::UpdateApiKey,
         }
     }
 
@@ -34,7 +39,8 @@ impl Endpoint {
         match self {
             Endpoint::ListApiKeys { inbox_id }
             | Endpoint::CreateApiKey { inbox_id }
-            | Endpoint::DeleteApiKey { inbox_id, .. } => inbox_id,
+            | Endpoint::DeleteApiKey { inbox_id, .. }
+            | Endpoint::UpdateApiKey { inbox_id, .. } => inbox_id,
         }
     }
 }
@@ -80,7 +86,13 @@ pub fn route(method: &Method, path: &[u8], query: &[u8]) -> Result<Endpoint, Api
                     inbox_id,
                     api_key_id,
                 }),
-                _ => Err(ApiError::MethodNotAllowed { allow: "DELETE" }),
+                Method::PATCH => Ok(Endpoint::UpdateApiKey {
+                    inbox_id,
+                    api_key_id,
+                }),
+                _ => Err(ApiError::MethodNotAllowed {
+                    allow: "DELETE, PATCH",
+                }),
             }
         }
         _ => Err(ApiError::NotFound(NotFound::Route)),
@@ -146,7 +158,9 @@ mod tests {
         ));
         assert!(matches!(
             r(Method::GET, "/human/v0/inboxes/x/api-keys/k"),
-            Err(ApiError::MethodNotAllowed { allow: "DELETE" })
+            Err(ApiError::MethodNotAllowed {
+                allow: "DELETE, PATCH"
+            })
         ));
     }
 }

@@ -61,6 +61,8 @@ fn management(limit: u32) -> Management {
         clock: Default::default(),
         page_tokens: PageTokenKey::new(&[3u8; 32]),
         limiter,
+        vocabulary: Arc::new(Vocabulary::default()),
+        max_lifetime: None,
     }
 }
 

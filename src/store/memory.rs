@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::{AuthRecord, Cursor, KeyRecord, NewKey, Store, StoreError};
+use super::{AuthRecord, Cursor, KeyRecord, KeyUpdate, NewKey, Store, StoreError};
 use crate::keys::KeyHash;
 
 #[derive(Default)]
@@ -43,6 +43,10 @@ impl MemoryStore {
                 prefix: "agk_test".into(),
                 created_at_us: 1,
                 used_at_us: None,
+                permissions: None,
+                expires_at_us: None,
+                updated_at_us: 1,
+                created_by: None,
             },
             hash,
         });
@@ -121,7 +125,47 @@ impl Store for MemoryStore {
                 inbox_id: k.record.inbox_id.clone(),
                 pod_id: k.record.pod_id.clone(),
                 hash: k.hash,
+                permissions: k.record.permissions.clone(),
+                expires_at_us: k.record.expires_at_us,
             }))
+    }
+
+    async fn update_key(
+        &self,
+        inbox_id: &str,
+        api_key_id: &str,
+        update: KeyUpdate,
+    ) -> Result<Option<(KeyRecord, KeyHash)>, StoreError> {
+        self.check()?;
+        let mut keys = self.keys.lock();
+        let Some(k) = keys
+            .iter_mut()
+            .find(|k| k.record.inbox_id == inbox_id && k.record.api_key_id == api_key_id)
+        else {
+            return Ok(None);
+        };
+        if let Some(n) = update.name {
+            k.record.name = n;
+        }
+        if let Some(p) = update.permissions {
+            k.record.permissions = Some(p);
+        }
+        k.record.updated_at_us = update.updated_at_us;
+        Ok(Some((k.record.clone(), k.hash)))
+    }
+
+    async fn get_key(
+        &self,
+        inbox_id: &str,
+        api_key_id: &str,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.check()?;
+        Ok(self
+            .keys
+            .lock()
+            .iter()
+            .find(|k| k.record.inbox_id == inbox_id && k.record.api_key_id == api_key_id)
+            .map(|k| k.record.clone()))
     }
 
     async fn record_usage(&self, marks: &[(String, i64)]) -> Result<(), StoreError> {

@@ -54,6 +54,25 @@ impl Store for MeteredStore {
         self.count(StoreOp::Delete, r)
     }
 
+    async fn update_key(
+        &self,
+        inbox_id: &str,
+        api_key_id: &str,
+        update: super::KeyUpdate,
+    ) -> Result<Option<(KeyRecord, KeyHash)>, StoreError> {
+        let r = self.inner.update_key(inbox_id, api_key_id, update).await;
+        self.count(StoreOp::Update, r)
+    }
+
+    async fn get_key(
+        &self,
+        inbox_id: &str,
+        api_key_id: &str,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let r = self.inner.get_key(inbox_id, api_key_id).await;
+        self.count(StoreOp::Get, r)
+    }
+
     async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<AuthRecord>, StoreError> {
         let r = self.inner.find_by_hash(hash).await;
         self.count(StoreOp::FindByHash, r)

@@ -29,6 +29,24 @@ pub struct KeyRecord {
     pub created_at_us: i64,
     /// Microseconds since the Unix epoch; `None` until first use is flushed.
     pub used_at_us: Option<i64>,
+    /// The `permissions` object as given (JSON, names sorted); `None`: every permission but the
+    /// opt-in ones.
+    pub permissions: Option<String>,
+    /// When the key stops authenticating (µs since the epoch); `None`: never.
+    pub expires_at_us: Option<i64>,
+    /// Last change of name or permissions (µs since the epoch); the creation time at first.
+    pub updated_at_us: i64,
+    /// The key that created this one, when a key did.
+    pub created_by: Option<String>,
+}
+
+/// A change to a key's mutable fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUpdate {
+    pub name: Option<String>,
+    /// A new `permissions` object (JSON), replacing the old one.
+    pub permissions: Option<String>,
+    pub updated_at_us: i64,
 }
 
 /// A key to insert: its record and the SHA-256 of its plaintext.
@@ -45,6 +63,8 @@ pub struct AuthRecord {
     pub inbox_id: String,
     pub pod_id: Option<String>,
     pub hash: KeyHash,
+    pub permissions: Option<String>,
+    pub expires_at_us: Option<i64>,
 }
 
 /// A keyset position in the `(created_at desc, api_key_id desc)` order: list what comes after it.
@@ -170,6 +190,23 @@ pub trait Store: Send + Sync + 'static {
         inbox_id: &str,
         api_key_id: &str,
     ) -> Result<Option<KeyHash>, StoreError>;
+
+    /// Changes a key's name and/or permissions; returns the whole record and its hash (for
+    /// cache eviction), or `None` if the inbox has no such key. A shared store tells every
+    /// instance (the same log as deletes).
+    async fn update_key(
+        &self,
+        inbox_id: &str,
+        api_key_id: &str,
+        update: KeyUpdate,
+    ) -> Result<Option<(KeyRecord, KeyHash)>, StoreError>;
+
+    /// One key of an inbox.
+    async fn get_key(
+        &self,
+        inbox_id: &str,
+        api_key_id: &str,
+    ) -> Result<Option<KeyRecord>, StoreError>;
 
     /// Finds a key by the SHA-256 of its plaintext.
     async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<AuthRecord>, StoreError>;

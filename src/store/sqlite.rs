@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use super::{AuthRecord, Cursor, KeyRecord, NewKey, Store, StoreError};
+use super::{AuthRecord, Cursor, KeyRecord, KeyUpdate, NewKey, Store, StoreError};
 use crate::keys::KeyHash;
 
 const READERS: usize = 4;
@@ -42,7 +42,18 @@ CREATE TABLE gateway_secrets (
     value BLOB NOT NULL
 );
 "#,
+    r#"
+ALTER TABLE api_keys ADD COLUMN permissions TEXT;
+ALTER TABLE api_keys ADD COLUMN expires_at_us INTEGER;
+ALTER TABLE api_keys ADD COLUMN updated_at_us INTEGER;
+ALTER TABLE api_keys ADD COLUMN created_by TEXT;
+UPDATE api_keys SET updated_at_us = created_at_us;
+"#,
 ];
+
+/// The columns of a `KeyRecord`, in `row_to_record`'s order.
+const RECORD_COLUMNS: &str = "api_key_id, inbox_id, pod_id, name, prefix, created_at_us, \
+     used_at_us, permissions, expires_at_us, COALESCE(updated_at_us, created_at_us), created_by";
 
 pub struct SqliteStore {
     inner: Arc<Inner>,
@@ -211,6 +222,10 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
         prefix: r.get(4)?,
         created_at_us: r.get(5)?,
         used_at_us: r.get(6)?,
+        permissions: r.get(7)?,
+        expires_at_us: r.get(8)?,
+        updated_at_us: r.get(9)?,
+        created_by: r.get(10)?,
     })
 }
 
@@ -244,9 +259,13 @@ impl Store for SqliteStore {
             let conn = db.writer.lock();
             let r = &key.record;
             conn.execute(
-                "INSERT INTO api_keys (api_key_id, inbox_id, pod_id, name, prefix, key_hash, created_at_us)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![r.api_key_id, r.inbox_id, r.pod_id, r.name, r.prefix, &key.hash[..], r.created_at_us],
+                "INSERT INTO api_keys (api_key_id, inbox_id, pod_id, name, prefix, key_hash, created_at_us,
+                                       permissions, expires_at_us, updated_at_us, created_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    r.api_key_id, r.inbox_id, r.pod_id, r.name, r.prefix, &key.hash[..], r.created_at_us,
+                    r.permissions, r.expires_at_us, r.updated_at_us, r.created_by
+                ],
             )
             .map_err(|e| match e {
                 rusqlite::Error::SqliteFailure(f, _)
@@ -275,11 +294,10 @@ impl Store for SqliteStore {
             let rows = match &after {
                 None => {
                     let mut st = conn
-                        .prepare_cached(
-                            "SELECT api_key_id, inbox_id, pod_id, name, prefix, created_at_us, used_at_us
-                             FROM api_keys WHERE inbox_id = ?1
-                             ORDER BY created_at_us DESC, api_key_id DESC LIMIT ?2",
-                        )
+                        .prepare_cached(&format!(
+                            "SELECT {RECORD_COLUMNS} FROM api_keys WHERE inbox_id = ?1
+                             ORDER BY created_at_us DESC, api_key_id DESC LIMIT ?2"
+                        ))
                         .map_err(unavailable)?;
                     let it = st
                         .query_map(params![inbox_id, limit], row_to_record)
@@ -288,11 +306,11 @@ impl Store for SqliteStore {
                 }
                 Some(c) => {
                     let mut st = conn
-                        .prepare_cached(
-                            "SELECT api_key_id, inbox_id, pod_id, name, prefix, created_at_us, used_at_us
-                             FROM api_keys WHERE inbox_id = ?1 AND (created_at_us, api_key_id) < (?2, ?3)
-                             ORDER BY created_at_us DESC, api_key_id DESC LIMIT ?4",
-                        )
+                        .prepare_cached(&format!(
+                            "SELECT {RECORD_COLUMNS} FROM api_keys
+                             WHERE inbox_id = ?1 AND (created_at_us, api_key_id) < (?2, ?3)
+                             ORDER BY created_at_us DESC, api_key_id DESC LIMIT ?4"
+                        ))
                         .map_err(unavailable)?;
                     let it = st
                         .query_map(
@@ -330,13 +348,82 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn update_key(
+        &self,
+        inbox_id: &str,
+        api_key_id: &str,
+        update: KeyUpdate,
+    ) -> Result<Option<(KeyRecord, KeyHash)>, StoreError> {
+        let inbox_id = inbox_id.to_owned();
+        let api_key_id = api_key_id.to_owned();
+        self.run(move |db| {
+            let mut conn = db.writer.lock();
+            let tx = conn.transaction().map_err(unavailable)?;
+            let changed = tx
+                .execute(
+                    "UPDATE api_keys SET name = COALESCE(?3, name),
+                         permissions = COALESCE(?4, permissions), updated_at_us = ?5
+                     WHERE api_key_id = ?1 AND inbox_id = ?2",
+                    params![
+                        api_key_id,
+                        inbox_id,
+                        update.name,
+                        update.permissions,
+                        update.updated_at_us
+                    ],
+                )
+                .map_err(unavailable)?;
+            if changed == 0 {
+                return Ok(None);
+            }
+            let (record, hash) = tx
+                .query_row(
+                    &format!(
+                        "SELECT {RECORD_COLUMNS}, key_hash FROM api_keys WHERE api_key_id = ?1"
+                    ),
+                    params![api_key_id],
+                    |r| Ok((row_to_record(r)?, r.get::<_, Vec<u8>>(11)?)),
+                )
+                .map_err(unavailable)?;
+            tx.commit().map_err(unavailable)?;
+            let hash: KeyHash = hash
+                .try_into()
+                .map_err(|_| unavailable("stored key hash is not 32 bytes"))?;
+            Ok(Some((record, hash)))
+        })
+        .await
+    }
+
+    async fn get_key(
+        &self,
+        inbox_id: &str,
+        api_key_id: &str,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let inbox_id = inbox_id.to_owned();
+        let api_key_id = api_key_id.to_owned();
+        self.run(move |db| {
+            let conn = db.reader();
+            conn.query_row(
+                &format!(
+                    "SELECT {RECORD_COLUMNS} FROM api_keys WHERE api_key_id = ?1 AND inbox_id = ?2"
+                ),
+                params![api_key_id, inbox_id],
+                row_to_record,
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+        .await
+    }
+
     async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<AuthRecord>, StoreError> {
         let hash = *hash;
         self.run(move |db| {
             let conn = db.reader();
             let mut st = conn
                 .prepare_cached(
-                    "SELECT api_key_id, inbox_id, pod_id, key_hash FROM api_keys WHERE key_hash = ?1",
+                    "SELECT api_key_id, inbox_id, pod_id, key_hash, permissions, expires_at_us
+                     FROM api_keys WHERE key_hash = ?1",
                 )
                 .map_err(unavailable)?;
             st.query_row(params![&hash[..]], |r| {
@@ -346,6 +433,8 @@ impl Store for SqliteStore {
                     inbox_id: r.get(1)?,
                     pod_id: r.get(2)?,
                     hash: stored.try_into().unwrap_or([0u8; 32]),
+                    permissions: r.get(4)?,
+                    expires_at_us: r.get(5)?,
                 })
             })
             .optional()
@@ -404,6 +493,10 @@ mod tests {
                 prefix: "agk_abc".into(),
                 created_at_us: at,
                 used_at_us: None,
+                permissions: None,
+                expires_at_us: None,
+                updated_at_us: at,
+                created_by: None,
             },
             hash: [h; 32],
         }

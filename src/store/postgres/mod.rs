@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 
-use super::{AuthRecord, Cursor, KeyHash, KeyRecord, NewKey, PoolStatus, Store, StoreError};
+use super::{
+    AuthRecord, Cursor, KeyHash, KeyRecord, KeyUpdate, NewKey, PoolStatus, Store, StoreError,
+};
 use crate::config::PostgresConfig;
 
 pub use listener::RevocationListener;
@@ -26,7 +28,8 @@ const EVENTS_LOCK: i64 = 0x6167_656e_7472_7902;
 
 /// Schema migrations, applied in order under `MIGRATION_LOCK`; `agentry_schema.version` records
 /// how many ran, `agentry_migrations` when each one ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE api_keys (
     api_key_id    TEXT PRIMARY KEY,
     inbox_id      TEXT NOT NULL,
@@ -49,7 +52,20 @@ CREATE TABLE key_events (
     at_us    BIGINT NOT NULL
 );
 CREATE INDEX key_events_by_time ON key_events (at_us);
-"#];
+"#,
+    r#"
+ALTER TABLE api_keys ADD COLUMN permissions TEXT,
+                     ADD COLUMN expires_at_us BIGINT,
+                     ADD COLUMN updated_at_us BIGINT,
+                     ADD COLUMN created_by TEXT;
+UPDATE api_keys SET updated_at_us = created_at_us;
+ALTER TABLE api_keys ALTER COLUMN updated_at_us SET NOT NULL;
+"#,
+];
+
+/// The columns of a `KeyRecord`, in `row_to_record`'s order.
+const RECORD_COLUMNS: &str = "api_key_id, inbox_id, pod_id, name, prefix, created_at_us, \
+     used_at_us, permissions, expires_at_us, updated_at_us, created_by";
 
 pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -243,6 +259,10 @@ fn row_to_record(r: &tokio_postgres::Row) -> KeyRecord {
         prefix: r.get(4),
         created_at_us: r.get(5),
         used_at_us: r.get(6),
+        permissions: r.get(7),
+        expires_at_us: r.get(8),
+        updated_at_us: r.get(9),
+        created_by: r.get(10),
     }
 }
 
@@ -253,8 +273,10 @@ impl Store for PostgresStore {
         let r = &key.record;
         let st = c
             .prepare_cached(
-                "INSERT INTO api_keys (api_key_id, inbox_id, pod_id, name, prefix, key_hash, created_at_us)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO api_keys (api_key_id, inbox_id, pod_id, name, prefix, key_hash,
+                                       created_at_us, permissions, expires_at_us, updated_at_us,
+                                       created_by)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
             .await
             .map_err(db_error)?;
@@ -270,6 +292,10 @@ impl Store for PostgresStore {
                 &r.prefix,
                 &&key.hash[..],
                 &r.created_at_us,
+                &r.permissions,
+                &r.expires_at_us,
+                &r.updated_at_us,
+                &r.created_by,
             ],
         )
         .await
@@ -288,23 +314,21 @@ impl Store for PostgresStore {
         let rows = match after {
             None => {
                 let st = c
-                    .prepare_cached(
-                        "SELECT api_key_id, inbox_id, pod_id, name, prefix, created_at_us, used_at_us
-                         FROM api_keys WHERE inbox_id = $1
-                         ORDER BY created_at_us DESC, api_key_id DESC LIMIT $2",
-                    )
+                    .prepare_cached(&format!(
+                        "SELECT {RECORD_COLUMNS} FROM api_keys WHERE inbox_id = $1
+                         ORDER BY created_at_us DESC, api_key_id DESC LIMIT $2"
+                    ))
                     .await
                     .map_err(db_error)?;
                 c.query(&st, &[&inbox_id, &limit]).await
             }
             Some(after) => {
                 let st = c
-                    .prepare_cached(
-                        "SELECT api_key_id, inbox_id, pod_id, name, prefix, created_at_us, used_at_us
-                         FROM api_keys WHERE inbox_id = $1
+                    .prepare_cached(&format!(
+                        "SELECT {RECORD_COLUMNS} FROM api_keys WHERE inbox_id = $1
                            AND (created_at_us, api_key_id) < ($2, $3)
-                         ORDER BY created_at_us DESC, api_key_id DESC LIMIT $4",
-                    )
+                         ORDER BY created_at_us DESC, api_key_id DESC LIMIT $4"
+                    ))
                     .await
                     .map_err(db_error)?;
                 c.query(
@@ -342,11 +366,66 @@ impl Store for PostgresStore {
         Ok(Some(hash))
     }
 
+    async fn update_key(
+        &self,
+        inbox_id: &str,
+        api_key_id: &str,
+        update: KeyUpdate,
+    ) -> Result<Option<(KeyRecord, KeyHash)>, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db_error)?;
+        let row = tx
+            .query_opt(
+                &format!(
+                    "UPDATE api_keys SET name = COALESCE($3, name),
+                         permissions = COALESCE($4, permissions), updated_at_us = $5
+                     WHERE api_key_id = $1 AND inbox_id = $2
+                     RETURNING {RECORD_COLUMNS}, key_hash"
+                ),
+                &[
+                    &api_key_id,
+                    &inbox_id,
+                    &update.name,
+                    &update.permissions,
+                    &update.updated_at_us,
+                ],
+            )
+            .await
+            .map_err(db_error)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let hash = hash_of(row.get::<_, &[u8]>(11))?;
+        // Every instance drops its cached copy: the same log as deletes.
+        PostgresStore::log_change(&tx, &hash, "update").await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(Some((row_to_record(&row), hash)))
+    }
+
+    async fn get_key(
+        &self,
+        inbox_id: &str,
+        api_key_id: &str,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                &format!(
+                    "SELECT {RECORD_COLUMNS} FROM api_keys WHERE api_key_id = $1 AND inbox_id = $2"
+                ),
+                &[&api_key_id, &inbox_id],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(row.as_ref().map(row_to_record))
+    }
+
     async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<AuthRecord>, StoreError> {
         let c = self.client().await?;
         let st = c
             .prepare_cached(
-                "SELECT api_key_id, inbox_id, pod_id, key_hash FROM api_keys WHERE key_hash = $1",
+                "SELECT api_key_id, inbox_id, pod_id, key_hash, permissions, expires_at_us
+                 FROM api_keys WHERE key_hash = $1",
             )
             .await
             .map_err(db_error)?;
@@ -357,6 +436,8 @@ impl Store for PostgresStore {
                 inbox_id: r.get(1),
                 pod_id: r.get(2),
                 hash: hash_of(r.get::<_, &[u8]>(3))?,
+                permissions: r.get(4),
+                expires_at_us: r.get(5),
             })
         })
         .transpose()
