@@ -37,7 +37,7 @@ pub struct Answer {
     /// `WWW-Authenticate: Bearer`.
     pub www_authenticate: bool,
     /// `Allow` (405).
-    pub allow: Option<&'static str>,
+    pub allow: Option<http::HeaderValue>,
     /// `Retry-After`, in seconds (429).
     pub retry_after: Option<u64>,
     /// Close the connection after this answer (ambiguous framing, an unread body).
@@ -292,6 +292,13 @@ fixed!(
     close
 );
 fixed!(
+    METHOD_NOT_ALLOWED,
+    405,
+    "MethodNotAllowedError",
+    "method_not_allowed",
+    "this route does not take this method; see Allow"
+);
+fixed!(
     INTERNAL,
     500,
     "InternalError",
@@ -316,6 +323,7 @@ pub const ALL_FIXED: &[&Fixed] = &[
     &AMBIGUOUS_FRAMING,
     &UPGRADE_NOT_SUPPORTED,
     &HEADERS_TOO_LARGE,
+    &METHOD_NOT_ALLOWED,
     &INTERNAL,
 ];
 

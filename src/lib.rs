@@ -136,6 +136,7 @@ pub fn build(config: Config) -> Result<Built, StartError> {
     let page_tokens = page_token_key(store.as_ref(), &rt)?;
     drop(rt);
     let key_format = KeyFormat::new(&config.key_prefix);
+    let vocabulary = Arc::new(config.permissions.clone());
     let limiter = Arc::new(FailureLimiter::new(LimiterConfig {
         limit: config.limits.failed_auth_per_ip,
         window: config.limits.failed_auth_window,
@@ -154,7 +155,8 @@ pub fn build(config: Config) -> Result<Built, StartError> {
             metrics.clone(),
             limiter.clone(),
         )
-        .with_feed(feed),
+        .with_feed(feed)
+        .with_vocabulary(vocabulary.clone()),
     );
     let usage = Arc::new(UsageRecorder::new(store.clone(), metrics.clone()));
 
@@ -208,7 +210,7 @@ pub fn build(config: Config) -> Result<Built, StartError> {
             clock: Default::default(),
             page_tokens,
             limiter,
-            vocabulary: Arc::new(config.permissions.clone()),
+            vocabulary,
             max_lifetime: config.max_key_lifetime,
         },
         verifier,

@@ -65,6 +65,9 @@ label_enum!(
         HeadersTooLarge => "headers_too_large",
         RateLimited => "rate_limited",
         UpgradeRefused => "upgrade_refused",
+        Expired => "expired",
+        InsufficientPermission => "insufficient_permission",
+        MethodNotAllowed => "method_not_allowed",
     }
 );
 

@@ -21,10 +21,20 @@ fn cluster(
     n: usize,
     store_extra: &str,
 ) -> Option<(Arc<TestDb>, Vec<Gateway>, Upstream)> {
+    cluster_with(test, n, store_extra, "")
+}
+
+/// `n` gateways on one new database, with `routes` ahead of the catch-all route.
+fn cluster_with(
+    test: &str,
+    n: usize,
+    store_extra: &str,
+    routes: &str,
+) -> Option<(Arc<TestDb>, Vec<Gateway>, Upstream)> {
     let db = Arc::new(TestDb::create(test)?);
     let up = Upstream::start();
     let body = format!(
-        "{}\n{}",
+        "{}\n{routes}\n{}",
         standard_auth_toml(),
         upstream_toml(&[up.addr], "")
     );
@@ -374,4 +384,41 @@ fn a_killed_instance_loses_nothing_it_acknowledged() {
     );
     assert_eq!(listed.status, 200);
     assert!(listed.json()["count"].as_u64().unwrap() as usize > acked.len());
+}
+
+#[test]
+fn a_permission_revoked_by_patch_is_refused_through_every_instance() {
+    let routes = r#"
+[[routes]]
+path = "/v0/inboxes/{inbox_id}/messages"
+upstream = "inbox"
+require = { GET = "message_read", POST = "message_send" }
+"#;
+    let Some((_db, g, _up)) = cluster_with("cluster::patch_everywhere", 3, "", routes) else {
+        return;
+    };
+    let m = format!("/v0/inboxes/{SUPPORT}/messages");
+    let created = g[0].create_key(SUPPORT, "reader");
+    let key = created["api_key"].as_str().unwrap().to_owned();
+    let id = created["api_key_id"].as_str().unwrap().to_owned();
+    for gw in &g {
+        assert_eq!(gw.call("GET", &m, &key).status, 200);
+    }
+    let r = g[1].mgmt(
+        "PATCH",
+        &format!("/human/v0/inboxes/{SUPPORT}/api-keys/{id}"),
+        ADMIN_TOKEN,
+        Some(r#"{"permissions":{"message_send":true}}"#),
+    );
+    assert_eq!(r.status, 200);
+    // The instance that answered the PATCH follows before its 200; the others within moments.
+    assert_eq!(g[1].call("GET", &m, &key).status, 403);
+    for gw in [&g[0], &g[2]] {
+        wait_until(
+            "the change reaches every instance",
+            Duration::from_secs(5),
+            || gw.call("GET", &m, &key).status == 403,
+        );
+        assert_eq!(gw.call("POST", &m, &key).status, 200);
+    }
 }

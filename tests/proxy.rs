@@ -551,6 +551,9 @@ fn uncached_keys_get_503_while_the_store_is_gone_and_recover() {
 }
 
 on_every_store!(
+    routes_require_permissions_per_method,
+    a_permission_revoked_by_patch_is_refused_on_the_next_request,
+    an_expired_key_is_refused_like_an_unknown_one_even_when_cached,
     forwards_with_identity_headers_and_without_credential,
     percent_encoded_inbox_segment_matches_once_decoded,
     spoofed_identity_headers_are_removed,
@@ -563,3 +566,131 @@ on_every_store!(
     upstream_failures_are_json_and_the_gateway_stays_up,
     metrics_move_as_requests_flow,
 );
+
+/// A gateway whose `/messages` route says what each method needs (ahead of the catch-all).
+fn setup_with_require() -> (Gateway, Upstream) {
+    let up = Upstream::start();
+    let routes = r#"
+[[routes]]
+path = "/v0/inboxes/{inbox_id}/messages"
+upstream = "inbox"
+require = { GET = "message_read", POST = "message_send" }
+"#;
+    let g = Gateway::start(&format!("{routes}\n{}", upstream_toml(&[up.addr], "")));
+    (g, up)
+}
+
+fn key_with(g: &Gateway, body: &str) -> (String, String) {
+    let r = g.mgmt(
+        "POST",
+        &format!("/human/v0/inboxes/{SUPPORT}/api-keys"),
+        ADMIN_TOKEN,
+        Some(body),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let v = r.json();
+    (
+        v["api_key"].as_str().unwrap().to_owned(),
+        v["api_key_id"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn routes_require_permissions_per_method() {
+    let (g, up) = setup_with_require();
+    let m = format!("/v0/inboxes/{SUPPORT}/messages");
+    let (reader, reader_id) = key_with(&g, r#"{"name":"r","permissions":{"message_read":true}}"#);
+    let (default, _) = key_with(&g, r#"{"name":"d"}"#);
+    let (armor, _) = key_with(
+        &g,
+        r#"{"name":"a","permissions":{"agent_armor_release":true}}"#,
+    );
+    assert_eq!(g.call("GET", &m, &reader).status, 200);
+    assert_eq!(g.call("GET", &format!("{m}/123"), &reader).status, 200);
+    let r = g.call("POST", &m, &reader);
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["name"], "PermissionDeniedError");
+    assert_eq!(r.json()["code"], "insufficient_permission");
+    let msg = r.json()["message"].as_str().unwrap().to_owned();
+    assert!(msg.contains("\"message_send\""), "{msg}");
+    assert!(!msg.contains(&reader) && !r.text().contains(&reader_id));
+    // The default set holds both; a key with only an opt-in permission holds neither.
+    assert_eq!(g.call("POST", &m, &default).status, 200);
+    assert_eq!(g.call("GET", &m, &armor).status, 403);
+    // A method the route does not take: 405 with Allow, for any key.
+    for key in [&reader, &default] {
+        let r = g.call("PUT", &m, key);
+        assert_eq!(r.status, 405);
+        assert_eq!(r.header("allow"), Some("GET, POST"));
+        assert_eq!(r.json()["code"], "method_not_allowed");
+    }
+    // Routes without `require` need only a valid key of the inbox; other inboxes stay 403.
+    assert_eq!(
+        g.call(
+            "DELETE",
+            &format!("/v0/inboxes/{SUPPORT}/drafts/1"),
+            &reader
+        )
+        .status,
+        200
+    );
+    let other = g.call("GET", &format!("/v0/inboxes/{SALES}/messages"), &reader);
+    assert_eq!(other.json()["code"], "forbidden_inbox");
+    assert_eq!(
+        g.metric(r#"agentry_gateway_auth_rejections_total{reason="insufficient_permission"}"#),
+        2.0
+    );
+    assert_eq!(
+        g.metric(r#"agentry_gateway_auth_rejections_total{reason="method_not_allowed"}"#),
+        2.0
+    );
+    // Refused requests never reach the upstream.
+    let posts = up.requests().iter().filter(|r| r.method == "POST").count();
+    assert_eq!(posts, 1);
+}
+
+fn a_permission_revoked_by_patch_is_refused_on_the_next_request() {
+    let (g, _up) = setup_with_require();
+    let m = format!("/v0/inboxes/{SUPPORT}/messages");
+    let (key, id) = key_with(&g, r#"{"name":"k"}"#);
+    let mut c = KeepAlive::connect(g.addr);
+    let auth = format!("Bearer {key}");
+    assert_eq!(c.send("GET", &m, &[("Authorization", &auth)]).status, 200);
+    let r = g.mgmt(
+        "PATCH",
+        &format!("/human/v0/inboxes/{SUPPORT}/api-keys/{id}"),
+        ADMIN_TOKEN,
+        Some(r#"{"permissions":{"message_send":true}}"#),
+    );
+    assert_eq!(r.status, 200);
+    let r = c.send("GET", &m, &[("Authorization", &auth)]);
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["code"], "insufficient_permission");
+    assert_eq!(c.send("POST", &m, &[("Authorization", &auth)]).status, 200);
+}
+
+fn an_expired_key_is_refused_like_an_unknown_one_even_when_cached() {
+    let (g, _up) = setup();
+    let p = format!("/v0/inboxes/{SUPPORT}/m");
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
+    let soon = soon
+        .replace_nanosecond(0)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let (key, _) = key_with(&g, &format!(r#"{{"name":"brief","expires_at":"{soon}"}}"#));
+    let mut c = KeepAlive::connect(g.addr);
+    let auth = format!("Bearer {key}");
+    assert_eq!(c.send("GET", &p, &[("Authorization", &auth)]).status, 200);
+    wait_until("the key expires", Duration::from_secs(5), || {
+        c.send("GET", &p, &[("Authorization", &auth)]).status == 401
+    });
+    let expired = c.send("GET", &p, &[("Authorization", &auth)]);
+    let unknown_key = agentry_gateway::keys::KeyFormat::new("agk")
+        .generate()
+        .plaintext;
+    let unknown = g.call("GET", &p, &unknown_key);
+    assert_eq!(expired.status, 401);
+    assert_eq!(expired.body, unknown.body);
+    assert_eq!(expired.header("www-authenticate"), Some("Bearer"));
+    assert!(g.metric(r#"agentry_gateway_auth_rejections_total{reason="expired"}"#) >= 2.0);
+}

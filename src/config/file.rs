@@ -167,4 +167,6 @@ pub(super) struct FileHealthCheck {
 pub(super) struct FileRoute {
     pub(super) path: String,
     pub(super) upstream: String,
+    /// Method → the permission it needs, e.g. `{ GET = "message_read" }`.
+    pub(super) require: Option<std::collections::BTreeMap<String, String>>,
 }

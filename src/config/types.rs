@@ -145,4 +145,35 @@ pub struct UpstreamConfig {
 pub struct RouteConfig {
     pub template: RouteTemplate,
     pub upstream: usize,
+    /// Which methods the route takes and the permission each needs; `None`: any method, a
+    /// valid key of the inbox is enough.
+    pub require: Option<Requirements>,
+}
+
+/// A route's methods and the permission each one needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requirements {
+    pub methods: Vec<(http::Method, crate::permissions::Permission)>,
+    /// The names of the permissions, by index (for messages).
+    pub names: Vec<(crate::permissions::Permission, String)>,
+    /// The `Allow` header of a 405: the methods, comma-separated.
+    pub allow: http::HeaderValue,
+}
+
+impl Requirements {
+    /// The name of one of this route's permissions.
+    pub fn name(&self, p: crate::permissions::Permission) -> &str {
+        self.names
+            .iter()
+            .find(|(q, _)| *q == p)
+            .map_or("", |(_, n)| n.as_str())
+    }
+
+    /// The permission `method` needs here; `None`: the route does not take it.
+    pub fn permission_for(&self, method: &http::Method) -> Option<crate::permissions::Permission> {
+        self.methods
+            .iter()
+            .find(|(m, _)| m == method)
+            .map(|(_, p)| *p)
+    }
 }

@@ -76,7 +76,7 @@ impl Validator<'_> {
         self.positive("usage.flush_interval_ms", flush_ms)?;
         let limits = self.limits(file.limits)?;
         let upstreams = self.upstreams(file.upstreams)?;
-        let routes = self.routes(file.routes, &upstreams)?;
+        let routes = self.routes(file.routes, &upstreams, &permissions)?;
         Ok(Config {
             server,
             metrics_listen,
@@ -562,10 +562,66 @@ impl Validator<'_> {
         Ok(out)
     }
 
+    fn requirements(
+        &self,
+        i: usize,
+        require: Option<BTreeMap<String, String>>,
+        vocabulary: &Vocabulary,
+    ) -> Result<Option<Requirements>, ConfigError> {
+        const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+        let Some(require) = require else {
+            return Ok(None);
+        };
+        if require.is_empty() {
+            return Err(self.err(
+                format!("routes[{i}].require"),
+                "must name at least one method, e.g. require = { GET = \"message_read\" }; omit it to allow every method",
+            ));
+        }
+        let mut methods = Vec::with_capacity(require.len());
+        for (method, permission) in require {
+            if !METHODS.contains(&method.as_str()) {
+                return Err(self.err(
+                    format!("routes[{i}].require.{method}"),
+                    format!(
+                        "{method:?} is not a method (use one of {})",
+                        METHODS.join(", ")
+                    ),
+                ));
+            }
+            let p = vocabulary.lookup(&permission).ok_or_else(|| {
+                self.err(
+                    format!("routes[{i}].require.{method}"),
+                    format!("{permission:?} is not a permission name (see [permissions] names)"),
+                )
+            })?;
+            let m = http::Method::from_bytes(method.as_bytes())
+                .map_err(|_| self.err(format!("routes[{i}].require.{method}"), "not a method"))?;
+            methods.push((m, p));
+        }
+        let allow = methods
+            .iter()
+            .map(|(m, _)| m.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let allow = http::HeaderValue::from_str(&allow)
+            .map_err(|_| self.err(format!("routes[{i}].require"), "bad method names"))?;
+        let names = methods
+            .iter()
+            .map(|(_, p)| (*p, vocabulary.name(*p).to_owned()))
+            .collect();
+        Ok(Some(Requirements {
+            methods,
+            names,
+            allow,
+        }))
+    }
+
     fn routes(
         &self,
         routes: Vec<FileRoute>,
         upstreams: &[UpstreamConfig],
+        vocabulary: &Vocabulary,
     ) -> Result<Vec<RouteConfig>, ConfigError> {
         let mut out = Vec::with_capacity(routes.len());
         for (i, r) in routes.into_iter().enumerate() {
@@ -589,7 +645,12 @@ impl Validator<'_> {
                         ),
                     )
                 })?;
-            out.push(RouteConfig { template, upstream });
+            let require = self.requirements(i, r.require, vocabulary)?;
+            out.push(RouteConfig {
+                template,
+                upstream,
+                require,
+            });
         }
         Ok(out)
     }

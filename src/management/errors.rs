@@ -149,7 +149,9 @@ impl ApiError {
     pub fn answer(&self) -> Answer {
         let mut a = Answer::json(self.status(), self.body());
         match self {
-            ApiError::MethodNotAllowed { allow } => a.allow = Some(allow),
+            ApiError::MethodNotAllowed { allow } => {
+                a.allow = Some(http::HeaderValue::from_static(allow))
+            }
             ApiError::MissingAuthorization | ApiError::InvalidToken => a.www_authenticate = true,
             ApiError::RateLimited(b) => {
                 a = a

@@ -204,7 +204,10 @@ async fn answers_carry_their_headers() {
         )
         .await;
     assert_eq!(r.answer.status, 405);
-    assert_eq!(r.answer.allow, Some("GET, POST"));
+    assert_eq!(
+        r.answer.allow,
+        Some(http::HeaderValue::from_static("GET, POST"))
+    );
     assert_eq!(json(&r.answer)["name"], "MethodNotAllowedError");
     let big = Bytes::from(vec![b' '; MAX_BODY_BYTES + 1]);
     let r = m

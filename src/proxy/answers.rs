@@ -18,6 +18,18 @@ pub(super) fn target_answer(e: TargetError) -> Answer {
         .because(Rejection::BadRequestTarget)
 }
 
+/// 403 for a key without the permission a call needs; the message names the permission.
+pub(super) fn insufficient_permission(permission: &str) -> Answer {
+    let mut a = Answer::error(
+        403,
+        "PermissionDeniedError",
+        "insufficient_permission",
+        &format!("this call needs the permission {permission:?}, which the API key does not hold"),
+    );
+    a.reason = Some(Rejection::InsufficientPermission);
+    a
+}
+
 /// Whether the request carries a body we would otherwise leave unread.
 pub(super) fn has_body(req: &RequestHeader) -> bool {
     req.headers.contains_key(header::TRANSFER_ENCODING)

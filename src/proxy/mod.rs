@@ -19,7 +19,7 @@ use crate::auth::usage::UsageRecorder;
 use crate::auth::{ApiKeyIdentity, AuthFailure, Verifier};
 use crate::client_ip::TrustedProxies;
 use crate::clock::now_us;
-use crate::config::RouteConfig;
+use crate::config::{Requirements, RouteConfig};
 use crate::guard::{self, HeaderLimits, Refusal};
 use crate::header_deadline::DeadlineStream;
 use crate::management::routes::is_management_path;
@@ -33,7 +33,7 @@ use crate::upstream::Upstream;
 mod answers;
 mod request_id;
 
-use answers::{classify, has_body, target_answer, NO_HEALTHY_BACKEND};
+use answers::{classify, has_body, insufficient_permission, target_answer, NO_HEALTHY_BACKEND};
 pub use request_id::RequestIds;
 
 // Header names are `&'static str` where pingora inserts them: its case-preserving map then
@@ -114,6 +114,26 @@ struct TargetBounds {
     query_start: usize,
 }
 
+/// A route that says what it needs: the method must be one it takes (405 with `Allow`), and
+/// the key must hold that method's permission (403 naming the permission, never the key).
+fn check_permission(
+    require: &Requirements,
+    method: &http::Method,
+    identity: &ApiKeyIdentity,
+) -> Decision {
+    let Some(needed) = require.permission_for(method) else {
+        let mut a = answer::METHOD_NOT_ALLOWED
+            .answer()
+            .because(Rejection::MethodNotAllowed);
+        a.allow = Some(require.allow.clone());
+        return Err(a);
+    };
+    if identity.permissions.contains(needed) {
+        return Ok(());
+    }
+    Err(insufficient_permission(require.name(needed)))
+}
+
 /// What the request filter decided: forward upstream, or answer here.
 type Decision = std::result::Result<(), Answer>;
 
@@ -136,7 +156,7 @@ impl Gateway {
         if a.www_authenticate {
             h.insert_header(header::WWW_AUTHENTICATE, BEARER)?;
         }
-        if let Some(allow) = a.allow {
+        if let Some(allow) = a.allow.clone() {
             h.insert_header(header::ALLOW, allow)?;
         }
         if let Some(secs) = a.retry_after {
@@ -295,6 +315,9 @@ impl Gateway {
             return Err(answer::FORBIDDEN_INBOX
                 .answer()
                 .because(Rejection::ForbiddenInbox));
+        }
+        if let Some(require) = &self.routes[i].require {
+            check_permission(require, &req.method, &identity)?;
         }
         self.usage.touch(&identity, now_us());
         ctx.upstream = Some(self.routes[i].upstream);

@@ -17,9 +17,11 @@ use moka::future::Cache;
 
 use super::limiter::{Blocked, FailureLimiter};
 use crate::answer::{self, Answer};
+use crate::clock::now_us;
 use crate::config::CacheConfig;
 use crate::keys::{hash_secret, hashes_equal, KeyFormat, KeyFormatError, KeyHash};
 use crate::metrics::{Metrics, Rejection};
+use crate::permissions::{PermissionSet, Permissions, Vocabulary};
 use crate::store::{AuthRecord, FeedHealth, KeyChange, KeyEvents, Store};
 
 /// Who a valid API key is: what upstreams are told, and its in-memory usage mark.
@@ -28,6 +30,10 @@ pub struct ApiKeyIdentity {
     pub inbox_id: HeaderValue,
     pub pod_id: Option<HeaderValue>,
     pub hash: KeyHash,
+    /// What the key may do (checked against a route's `require` on every request).
+    pub permissions: PermissionSet,
+    /// When the key stops authenticating (µs since the epoch); `i64::MAX`: never.
+    pub expires_at_us: i64,
     /// Latest use on this instance, microseconds since the epoch (0 = none yet).
     pub(crate) last_used_us: AtomicI64,
     /// Set while this identity sits in the usage recorder's pending set.
@@ -35,8 +41,15 @@ pub struct ApiKeyIdentity {
 }
 
 impl ApiKeyIdentity {
-    fn from_record(r: AuthRecord) -> Option<ApiKeyIdentity> {
+    fn from_record(r: AuthRecord, vocabulary: &Vocabulary) -> Option<ApiKeyIdentity> {
+        // Unreadable stored permissions grant nothing (fail closed).
+        let stored = r
+            .permissions
+            .as_deref()
+            .map(|text| Permissions::from_json(text).unwrap_or_default());
         Some(ApiKeyIdentity {
+            permissions: vocabulary.set_of(stored.as_ref()),
+            expires_at_us: r.expires_at_us.unwrap_or(i64::MAX),
             api_key_id: HeaderValue::from_str(&r.api_key_id).ok()?,
             inbox_id: HeaderValue::from_bytes(r.inbox_id.as_bytes()).ok()?,
             pod_id: match r.pod_id {
@@ -70,6 +83,8 @@ pub enum AuthFailure {
     Unknown,
     /// The store could not be asked.
     StoreUnavailable,
+    /// A valid key past its `expires_at`: answered exactly like an unknown key.
+    Expired,
     /// The client has failed too often: refused before any store query.
     RateLimited(Blocked),
 }
@@ -84,6 +99,7 @@ impl AuthFailure {
             AuthFailure::Unknown => Rejection::UnknownKey,
             AuthFailure::StoreUnavailable => Rejection::StoreUnavailable,
             AuthFailure::RateLimited(_) => Rejection::RateLimited,
+            AuthFailure::Expired => Rejection::Expired,
         }
     }
 
@@ -98,7 +114,8 @@ impl AuthFailure {
             AuthFailure::Duplicate
             | AuthFailure::Malformed
             | AuthFailure::Checksum
-            | AuthFailure::Unknown => answer::INVALID_API_KEY.answer(),
+            | AuthFailure::Unknown
+            | AuthFailure::Expired => answer::INVALID_API_KEY.answer(),
         };
         a.because(self.rejection())
     }
@@ -151,6 +168,8 @@ pub struct Verifier {
     /// Whether cached identities may be used without asking the store (a shared store's
     /// change feed is live, or not down for long).
     feed: Arc<FeedHealth>,
+    /// Reads stored `permissions` objects into sets.
+    vocabulary: Arc<Vocabulary>,
 }
 
 impl Verifier {
@@ -179,7 +198,14 @@ impl Verifier {
             metrics,
             limiter,
             feed: Arc::new(FeedHealth::always()),
+            vocabulary: Arc::new(Vocabulary::default()),
         }
+    }
+
+    /// Reads permissions with `vocabulary` (default: the AgentMail API's names).
+    pub fn with_vocabulary(mut self, vocabulary: Arc<Vocabulary>) -> Verifier {
+        self.vocabulary = vocabulary;
+        self
     }
 
     /// Follows a shared store's change feed: while it is down past its staleness bound,
@@ -212,6 +238,19 @@ impl Verifier {
 
     /// [`Verifier::authenticate`] for a key already taken out of its header.
     pub async fn authenticate_key(
+        &self,
+        key: &[u8],
+        client: Option<IpAddr>,
+    ) -> Result<Arc<ApiKeyIdentity>, AuthFailure> {
+        let id = self.identify(key, client).await?;
+        // Expiry is checked on every use, cached or not; only keys that expire read the clock.
+        if id.expires_at_us != i64::MAX && now_us() >= id.expires_at_us {
+            return Err(self.failed(client, AuthFailure::Expired));
+        }
+        Ok(id)
+    }
+
+    async fn identify(
         &self,
         key: &[u8],
         client: Option<IpAddr>,
@@ -286,11 +325,12 @@ impl Verifier {
     /// Looks a key hash up in the store (coalesced with concurrent lookups of the same hash).
     async fn load(&self, hash: KeyHash) -> Result<Arc<ApiKeyIdentity>, AuthFailure> {
         let store = self.store.clone();
+        let vocabulary = self.vocabulary.clone();
         let loaded = self
             .positive
             .try_get_with(hash, async move {
                 match store.find_by_hash(&hash).await {
-                    Ok(Some(rec)) => match ApiKeyIdentity::from_record(rec) {
+                    Ok(Some(rec)) => match ApiKeyIdentity::from_record(rec, &vocabulary) {
                         Some(id) => Ok(Arc::new(id)),
                         None => {
                             log::error!("stored key has ids that are not valid header values");
