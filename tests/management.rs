@@ -692,6 +692,8 @@ fn duplicate_members_and_long_unknown_parameters() {
 }
 
 on_every_store!(
+    keys_manage_keys_never_beyond_themselves,
+    a_default_key_mints_default_keys_but_never_opt_in_ones,
     permissions_expiry_and_update,
     create_list_delete,
     key_of_inbox_without_pod_omits_pod_id,
@@ -796,4 +798,181 @@ fn permissions_expiry_and_update() {
     let r = g.mgmt("PUT", &target, ADMIN_TOKEN, Some(r#"{"name":"x"}"#));
     assert_error(&r, 405, "MethodNotAllowedError");
     assert_eq!(r.header("allow"), Some("DELETE, PATCH"));
+}
+
+/// A key-managed call: `/v0/inboxes/{inbox}/api-keys[/{id}]` with an API key.
+fn by_key(
+    g: &Gateway,
+    method: &str,
+    inbox: &str,
+    rest: &str,
+    key: &str,
+    body: Option<&str>,
+) -> Resp {
+    let auth = format!("Bearer {key}");
+    let mut h = vec![("Authorization", auth.as_str())];
+    if body.is_some() {
+        h.push(("Content-Type", "application/json"));
+    }
+    g.req(
+        method,
+        &format!("/v0/inboxes/{inbox}/api-keys{rest}"),
+        &h,
+        body.map(str::as_bytes),
+    )
+}
+
+fn keys_manage_keys_never_beyond_themselves() {
+    let up = Upstream::start();
+    let g = Gateway::start(&upstream_toml(&[up.addr], ""));
+    let parent_perms = r#"{"api_key_read":true,"api_key_create":true,"api_key_update":true,"api_key_delete":true,"message_read":true}"#;
+    let parent = g.mgmt(
+        "POST",
+        &keys_path(SUPPORT),
+        ADMIN_TOKEN,
+        Some(&format!(r#"{{"name":"parent","permissions":{parent_perms},"expires_at":"2031-06-01T00:00:00Z"}}"#)),
+    );
+    assert_eq!(parent.status, 201, "{}", parent.text());
+    let pv = parent.json();
+    let pkey = pv["api_key"].as_str().unwrap().to_owned();
+    let pid = pv["api_key_id"].as_str().unwrap().to_owned();
+
+    // List with the key itself.
+    let r = by_key(&g, "GET", SUPPORT, "", &pkey, None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["count"], 1);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+
+    // Omitted fields inherit the creator's; provenance is recorded.
+    let r = by_key(&g, "POST", SUPPORT, "", &pkey, Some(r#"{"name":"child"}"#));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let child = r.json();
+    assert_eq!(
+        child["permissions"],
+        serde_json::from_str::<Value>(parent_perms).unwrap()
+    );
+    assert_eq!(child["expires_at"], "2031-06-01T00:00:00Z");
+    assert_eq!(child["created_by"], json!({"api_key_id": pid}));
+    assert_eq!(child["pod_id"], "pod_acme");
+    let cid = child["api_key_id"].as_str().unwrap().to_owned();
+    let ckey = child["api_key"].as_str().unwrap().to_owned();
+    let listed = g.mgmt("GET", &keys_path(SUPPORT), ADMIN_TOKEN, None).json();
+    let item = listed["api_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["api_key_id"] == cid.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(item["created_by"], json!({"api_key_id": pid}));
+
+    // Every combination beyond the creator is refused, naming the field; within it, created.
+    let perms = [
+        (r#"{"message_read":true}"#, true),
+        (r#"{"message_read":true,"message_send":false}"#, true),
+        (r#"{"message_send":true}"#, false),
+        (r#"{"message_read":true,"message_send":true}"#, false),
+        (r#"{"agent_armor_release":true}"#, false),
+        (r#"{"app_connect":true}"#, false),
+        (r#"{}"#, true),
+    ];
+    let expiries = [
+        (None, true),
+        (Some("2031-05-31T23:59:59Z"), true),
+        (Some("2031-06-01T00:00:00Z"), true),
+        (Some("2031-06-01T00:00:01Z"), false),
+        (Some("2040-01-01T00:00:00Z"), false),
+    ];
+    for (p, p_ok) in perms {
+        for (e, e_ok) in expiries {
+            let body = match e {
+                Some(e) => format!(r#"{{"name":"c","permissions":{p},"expires_at":"{e}"}}"#),
+                None => format!(r#"{{"name":"c","permissions":{p}}}"#),
+            };
+            let r = by_key(&g, "POST", SUPPORT, "", &pkey, Some(&body));
+            if p_ok && e_ok {
+                assert_eq!(r.status, 201, "{body}: {}", r.text());
+            } else {
+                let v = assert_error(&r, 403, "PermissionDeniedError");
+                assert_eq!(v["code"], "exceeds_creator", "{body}");
+                let field = if p_ok { "expires_at" } else { "permissions" };
+                assert_eq!(v["errors"][0]["path"], json!(["body", field]), "{body}");
+            }
+        }
+    }
+    // PATCH is bound the same way.
+    let r = by_key(
+        &g,
+        "PATCH",
+        SUPPORT,
+        &format!("/{cid}"),
+        &pkey,
+        Some(r#"{"permissions":{"message_send":true}}"#),
+    );
+    assert_eq!(
+        assert_error(&r, 403, "PermissionDeniedError")["code"],
+        "exceeds_creator"
+    );
+    let r = by_key(
+        &g,
+        "PATCH",
+        SUPPORT,
+        &format!("/{cid}"),
+        &pkey,
+        Some(r#"{"name":"renamed","permissions":{"message_read":true}}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["name"], "renamed");
+    // The child now lacks api_key_*: it may not manage keys.
+    for (method, rest, body) in [
+        ("GET", String::new(), None),
+        ("POST", String::new(), Some(r#"{"name":"x"}"#)),
+        ("DELETE", format!("/{pid}"), None),
+    ] {
+        let r = by_key(&g, method, SUPPORT, &rest, &ckey, body);
+        let v = assert_error(&r, 403, "PermissionDeniedError");
+        assert_eq!(v["code"], "insufficient_permission", "{method}");
+    }
+    // Another inbox is the 404 of an absent one; a management token is not a key here.
+    let r = by_key(&g, "GET", SALES, "", &pkey, None);
+    assert_eq!(
+        assert_error(&r, 404, "NotFoundError")["code"],
+        "inbox_not_found"
+    );
+    let r = by_key(&g, "GET", SUPPORT, "", ADMIN_TOKEN, None);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["code"], "invalid_api_key");
+    // Delete with the key: the child is gone at once.
+    let r = by_key(&g, "DELETE", SUPPORT, &format!("/{cid}"), &pkey, None);
+    assert_eq!(r.status, 204);
+    assert_eq!(by_key(&g, "GET", SUPPORT, "", &ckey, None).status, 401);
+    // None of it was proxied.
+    assert_eq!(
+        up.count(),
+        0,
+        "{:?}",
+        up.requests().iter().map(|r| &r.target).collect::<Vec<_>>()
+    );
+}
+
+fn a_default_key_mints_default_keys_but_never_opt_in_ones() {
+    let g = Gateway::start("");
+    let key = g.create_key(SUPPORT, "root")["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = by_key(&g, "POST", SUPPORT, "", &key, Some(r#"{"name":"kid"}"#));
+    assert_eq!(r.status, 201);
+    assert!(r.json().get("permissions").is_none(), "{}", r.text());
+    assert!(r.json().get("expires_at").is_none());
+    let r = by_key(
+        &g,
+        "POST",
+        SUPPORT,
+        "",
+        &key,
+        Some(r#"{"name":"kid","permissions":{"app_connect":true}}"#),
+    );
+    let v = assert_error(&r, 403, "PermissionDeniedError");
+    assert!(v["message"].as_str().unwrap().contains("app_connect"));
 }

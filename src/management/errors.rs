@@ -20,6 +20,13 @@ pub enum ApiError {
     InvalidToken,
     #[error("too many failed authentications")]
     RateLimited(Blocked),
+    #[error("the API key lacks {0}")]
+    InsufficientPermission(&'static str),
+    #[error("beyond the creating key: {field}")]
+    ExceedsCreator {
+        field: &'static str,
+        message: String,
+    },
     #[error("not found")]
     NotFound(NotFound),
     #[error("method not allowed")]
@@ -65,6 +72,7 @@ impl ApiError {
             ApiError::Validation { .. } => 400,
             ApiError::MissingAuthorization | ApiError::InvalidToken => 401,
             ApiError::RateLimited(_) => 429,
+            ApiError::InsufficientPermission(_) | ApiError::ExceedsCreator { .. } => 403,
             ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::PayloadTooLarge { .. } => 413,
@@ -91,6 +99,17 @@ impl ApiError {
                 "AuthenticationError",
                 "invalid_token",
                 "the management token is not valid".into(),
+            ),
+            ApiError::InsufficientPermission(p) => (
+                "PermissionDeniedError",
+                "insufficient_permission",
+                format!("this call needs the permission {p:?}, which the API key does not hold")
+                    .into(),
+            ),
+            ApiError::ExceedsCreator { message, .. } => (
+                "PermissionDeniedError",
+                "exceeds_creator",
+                message.as_str().into(),
             ),
             ApiError::RateLimited(_) => (
                 "RateLimitError",
@@ -138,8 +157,13 @@ impl ApiError {
                 ("InternalError", "internal_error", "internal error".into())
             }
         };
+        let exceeds;
         let errors = match self {
             ApiError::Validation { errors, .. } => Some(errors.as_slice()),
+            ApiError::ExceedsCreator { field, message } => {
+                exceeds = [FieldError::new(&["body", field], message.clone())];
+                Some(&exceeds[..])
+            }
             _ => None,
         };
         render_error(name, code, &message, errors)

@@ -17,11 +17,12 @@ use http::{HeaderMap, Method};
 use crate::answer::Answer;
 use crate::auth::limiter::FailureLimiter;
 use crate::auth::usage::UsageRecorder;
+use crate::auth::ApiKeyIdentity;
 use crate::auth::Verifier;
 use crate::clock::MonotonicClock;
 use crate::keys::{random_id, KeyFormat};
 use crate::metrics::ManagementRoute;
-use crate::permissions::{Permissions, Vocabulary};
+use crate::permissions::{PermissionSet, Permissions, Vocabulary};
 use crate::store::cursor::PageTokenKey;
 use crate::store::{cursor, Cursor, KeyChange, KeyEvents, KeyRecord, KeyUpdate, NewKey, Store};
 use body::{read_key_body, BodyKind, BodyRules, KeyFields};
@@ -29,7 +30,7 @@ pub use body::{BodySource, BytesBody};
 use errors::{ApiError, NotFound};
 use principal::Principals;
 use query::ListQuery;
-use routes::Endpoint;
+use routes::{Base, Endpoint};
 use types::{ApiKeyItem, CreateApiKeyResponse, ListApiKeysResponse};
 
 /// Largest accepted request body.
@@ -49,6 +50,64 @@ pub struct PlainRequest {
     pub headers: HeaderMap,
     /// The client, for the failed-auth limiter.
     pub client: Option<IpAddr>,
+}
+
+/// Who is calling: a management token (with its grant's pod), or an API key of the inbox.
+enum Actor<'a> {
+    Token { pod_id: Option<String> },
+    Key(&'a ApiKeyIdentity),
+}
+
+/// A key creates only keys within itself: permissions a subset of its own (omitted: exactly
+/// its own), expiry no later than its own (omitted: its own).
+fn attenuate(
+    vocabulary: &Vocabulary,
+    parent: &ApiKeyIdentity,
+    fields: &mut KeyFields,
+) -> Result<(), ApiError> {
+    match &fields.permissions {
+        Some(p) => within_creator(vocabulary, parent, p)?,
+        None if parent.permissions != vocabulary.default_set() => {
+            fields.permissions = Some(Permissions::exactly(vocabulary, parent.permissions));
+        }
+        None => {}
+    }
+    if parent.expires_at_us != i64::MAX {
+        match fields.expires_at_us {
+            None => fields.expires_at_us = Some(parent.expires_at_us),
+            Some(t) if t > parent.expires_at_us => {
+                return Err(ApiError::ExceedsCreator {
+                    field: "expires_at",
+                    message: format!(
+                        "expires_at may be no later than the creating key's own ({})",
+                        crate::clock::rfc3339(parent.expires_at_us)
+                    ),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// A permissions object a key may give: nothing it does not hold itself.
+fn within_creator(
+    vocabulary: &Vocabulary,
+    parent: &ApiKeyIdentity,
+    requested: &Permissions,
+) -> Result<(), ApiError> {
+    let wanted = vocabulary.set_of(Some(requested));
+    if wanted.is_subset_of(parent.permissions) {
+        return Ok(());
+    }
+    let extra = PermissionSet(wanted.0 & !parent.permissions.0);
+    Err(ApiError::ExceedsCreator {
+        field: "permissions",
+        message: format!(
+            "permissions may not exceed the creating key's own; it does not hold {}",
+            vocabulary.names_of(extra).join(", ")
+        ),
+    })
 }
 
 /// A management response: the answer to write, and the route for metrics.
@@ -108,15 +167,94 @@ impl Management {
         let endpoint = routes::route(&req.method, &req.path, &req.query)?;
         *route = endpoint.metric_route();
         let grant = self.principals.grant(principal, endpoint.inbox_id())?;
+        self.execute(
+            endpoint,
+            req,
+            body,
+            Actor::Token {
+                pod_id: grant.pod_id,
+            },
+        )
+        .await
+    }
+
+    /// Answers a call of the key-managed API (`/v0/inboxes/{inbox_id}/api-keys`) made with an
+    /// API key already authenticated by the verifier: only the key's own inbox, only with the
+    /// method's `api_key_*` permission, and never creating or granting more than it holds.
+    pub async fn handle_by_key(
+        &self,
+        req: &PlainRequest,
+        body: &mut dyn BodySource,
+        key: &ApiKeyIdentity,
+    ) -> ManagementAnswer {
+        let mut route = ManagementRoute::Other;
+        let answer = match self.dispatch_by_key(req, body, key, &mut route).await {
+            Ok(a) => a,
+            Err(e) => e.answer(),
+        };
+        ManagementAnswer { route, answer }
+    }
+
+    async fn dispatch_by_key(
+        &self,
+        req: &PlainRequest,
+        body: &mut dyn BodySource,
+        key: &ApiKeyIdentity,
+        route: &mut ManagementRoute,
+    ) -> Result<Answer, ApiError> {
+        let endpoint = routes::route_under(Base::Key, &req.method, &req.path, &req.query)?;
+        *route = endpoint.metric_route();
+        // Another inbox: exactly the 404 of an absent one.
+        if key.inbox_id.as_bytes() != endpoint.inbox_id().as_bytes() {
+            return Err(ApiError::NotFound(NotFound::Inbox));
+        }
+        let needed = match endpoint {
+            Endpoint::ListApiKeys { .. } => "api_key_read",
+            Endpoint::CreateApiKey { .. } => "api_key_create",
+            Endpoint::UpdateApiKey { .. } => "api_key_update",
+            Endpoint::DeleteApiKey { .. } => "api_key_delete",
+        };
+        let holds = self
+            .vocabulary
+            .lookup(needed)
+            .is_some_and(|p| key.permissions.contains(p));
+        if !holds {
+            return Err(ApiError::InsufficientPermission(needed));
+        }
+        self.execute(endpoint, req, body, Actor::Key(key)).await
+    }
+
+    /// Runs an endpoint for an authorised caller.
+    async fn execute(
+        &self,
+        endpoint: Endpoint,
+        req: &PlainRequest,
+        body: &mut dyn BodySource,
+        actor: Actor<'_>,
+    ) -> Result<Answer, ApiError> {
         match endpoint {
             Endpoint::ListApiKeys { inbox_id } => {
                 let body = self.list(&inbox_id, &req.query).await?;
                 Ok(Answer::json(200, body))
             }
             Endpoint::CreateApiKey { inbox_id } => {
-                let fields =
+                let mut fields =
                     read_key_body(&req.headers, body, BodyKind::Create, self.rules()).await?;
-                let body = self.create(inbox_id, grant.pod_id, fields, None).await?;
+                let (pod_id, created_by) = match actor {
+                    Actor::Token { pod_id } => (pod_id, None),
+                    Actor::Key(parent) => {
+                        attenuate(&self.vocabulary, parent, &mut fields)?;
+                        (
+                            parent
+                                .pod_id
+                                .as_ref()
+                                .and_then(|p| p.to_str().ok())
+                                .map(str::to_owned),
+                            Some(parent.api_key_id_str().to_owned()),
+                        )
+                    }
+                };
+                let body = self.create(inbox_id, pod_id, fields, created_by).await?;
                 Ok(Answer::json(201, body))
             }
             Endpoint::UpdateApiKey {
@@ -125,6 +263,9 @@ impl Management {
             } => {
                 let fields =
                     read_key_body(&req.headers, body, BodyKind::Update, self.rules()).await?;
+                if let (Actor::Key(parent), Some(p)) = (&actor, &fields.permissions) {
+                    within_creator(&self.vocabulary, parent, p)?;
+                }
                 let body = self.update(&inbox_id, &api_key_id, fields).await?;
                 Ok(Answer::json(200, body))
             }

@@ -59,27 +59,73 @@ fn inbox_id(raw: &[u8]) -> Result<String, ApiError> {
     inbox_id::decode_segment(raw).map_err(inbox_error)
 }
 
+/// Whether a raw path is the key-managed API (`/v0/inboxes/{inbox_id}/api-keys[/{id}]`):
+/// answered by the gateway for an API key of that inbox, never proxied.
+pub fn is_key_management_path(path: &[u8]) -> bool {
+    let mut segs = path.split(|&b| b == b'/');
+    let head = (
+        segs.next(),
+        segs.next(),
+        segs.next(),
+        segs.next(),
+        segs.next(),
+    );
+    let rest = segs.count();
+    matches!(
+        head,
+        (
+            Some(b""),
+            Some(b"v0"),
+            Some(b"inboxes"),
+            Some(_),
+            Some(b"api-keys")
+        )
+    ) && rest <= 1
+}
+
+/// Which API a management path is under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Base {
+    /// `/human/v0/inboxes/...`, for management tokens.
+    Human,
+    /// `/v0/inboxes/...`, for API keys of the inbox.
+    Key,
+}
+
 /// Maps method and raw target (path + query) to an endpoint, or the error to answer.
 pub fn route(method: &Method, path: &[u8], query: &[u8]) -> Result<Endpoint, ApiError> {
+    route_under(Base::Human, method, path, query)
+}
+
+/// [`route`] for either base.
+pub fn route_under(
+    base: Base,
+    method: &Method,
+    path: &[u8],
+    query: &[u8],
+) -> Result<Endpoint, ApiError> {
     validate_query(query)
         .map_err(|e: TargetError| ApiError::validation(&["query"], e.message()))?;
+    let prefix: &[&[u8]] = match base {
+        Base::Human => &[b"", b"human", b"v0", b"inboxes"],
+        Base::Key => &[b"", b"v0", b"inboxes"],
+    };
     let segs: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
-    let head = segs.get(1..4);
-    if head != Some(&[&b"human"[..], b"v0", b"inboxes"][..]) {
+    if !segs.starts_with(prefix) {
         return Err(ApiError::NotFound(NotFound::Route));
     }
-    match segs.len() {
-        6 if segs[5] == b"api-keys" => {
-            let inbox_id = inbox_id(segs[4])?;
+    match &segs[prefix.len()..] {
+        [inbox, b"api-keys"] => {
+            let inbox_id = inbox_id(inbox)?;
             match *method {
                 Method::GET => Ok(Endpoint::ListApiKeys { inbox_id }),
                 Method::POST => Ok(Endpoint::CreateApiKey { inbox_id }),
                 _ => Err(ApiError::MethodNotAllowed { allow: "GET, POST" }),
             }
         }
-        7 if segs[5] == b"api-keys" && !segs[6].is_empty() => {
-            let inbox_id = inbox_id(segs[4])?;
-            let api_key_id = String::from_utf8(crate::target::decode_segment(segs[6]))
+        [inbox, b"api-keys", key] if !key.is_empty() => {
+            let inbox_id = inbox_id(inbox)?;
+            let api_key_id = String::from_utf8(crate::target::decode_segment(key))
                 .map_err(|_| ApiError::NotFound(NotFound::ApiKey))?;
             match *method {
                 Method::DELETE => Ok(Endpoint::DeleteApiKey {

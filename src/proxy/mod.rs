@@ -22,7 +22,7 @@ use crate::clock::now_us;
 use crate::config::{Requirements, RouteConfig};
 use crate::guard::{self, HeaderLimits, Refusal};
 use crate::header_deadline::DeadlineStream;
-use crate::management::routes::is_management_path;
+use crate::management::routes::{is_key_management_path, is_management_path};
 use crate::management::{BodySource, Management, PlainRequest};
 use crate::metrics::{ManagementRoute, Metrics, Rejection};
 use crate::target::{
@@ -257,6 +257,19 @@ impl Gateway {
         Ok(bounds)
     }
 
+    /// The request as plain data for the management handlers.
+    fn plain_request(&self, session: &Session, bounds: TargetBounds) -> PlainRequest {
+        let h = session.req_header();
+        let raw = h.raw_path();
+        PlainRequest {
+            method: h.method.clone(),
+            path: raw[..bounds.path_end].to_vec(),
+            query: raw[bounds.query_start..].to_vec(),
+            headers: h.headers.clone(),
+            client: self.client_ip(session),
+        }
+    }
+
     /// A management request, answered here from plain inputs.
     async fn management(
         &self,
@@ -264,22 +277,46 @@ impl Gateway {
         ctx: &mut RequestCtx,
         bounds: TargetBounds,
     ) -> Answer {
-        let req = {
-            let h = session.req_header();
-            let raw = h.raw_path();
-            PlainRequest {
-                method: h.method.clone(),
-                path: raw[..bounds.path_end].to_vec(),
-                query: raw[bounds.query_start..].to_vec(),
-                headers: h.headers.clone(),
-                client: self.client_ip(session),
-            }
-        };
+        let req = self.plain_request(session, bounds);
         let r = self
             .management
             .handle(&req, &mut SessionBody(session))
             .await;
         ctx.kind = Kind::Management(r.route);
+        r.answer
+    }
+
+    /// A call of the key-managed API: authenticated like any proxied request (limiter,
+    /// expiry), then answered here from the gateway's own store, never forwarded.
+    async fn key_management(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        bounds: TargetBounds,
+    ) -> Answer {
+        let raw = session.req_header().raw_path();
+        if let Err(e) = validate_path(&raw[..bounds.path_end]) {
+            return target_answer(e);
+        }
+        let identity = match self
+            .verifier
+            .authenticate(&session.req_header().headers, self.client_ip(session))
+            .await
+        {
+            Ok(id) => id,
+            Err(f) => {
+                ctx.kind = Kind::Management(ManagementRoute::Other);
+                return f.answer();
+            }
+        };
+        let req = self.plain_request(session, bounds);
+        let r = self
+            .management
+            .handle_by_key(&req, &mut SessionBody(session), &identity)
+            .await;
+        ctx.kind = Kind::Management(r.route);
+        self.usage.touch(&identity, now_us());
+        ctx.identity = Some(identity);
         r.answer
     }
 
@@ -329,8 +366,12 @@ impl Gateway {
     async fn decide(&self, session: &mut Session, ctx: &mut RequestCtx) -> Decision {
         self.check_framing(session)?;
         let bounds = self.check_target(session, ctx)?;
-        if is_management_path(&session.req_header().raw_path()[..bounds.path_end]) {
+        let path = &session.req_header().raw_path()[..bounds.path_end];
+        if is_management_path(path) {
             return Err(self.management(session, ctx, bounds).await);
+        }
+        if is_key_management_path(path) {
+            return Err(self.key_management(session, ctx, bounds).await);
         }
         self.authorize(session, ctx, bounds).await
     }
