@@ -567,7 +567,8 @@ on_every_store!(
     metrics_move_as_requests_flow,
 );
 
-/// A gateway whose `/messages` route says what each method needs (ahead of the catch-all).
+/// A gateway whose `/messages` route says what each method needs; it comes after the
+/// catch-all in the file, and wins because it is more specific.
 fn setup_with_require() -> (Gateway, Upstream) {
     let up = Upstream::start();
     let routes = r#"
@@ -576,7 +577,7 @@ path = "/v0/inboxes/{inbox_id}/messages"
 upstream = "inbox"
 require = { GET = "message_read", POST = "message_send" }
 "#;
-    let g = Gateway::start(&format!("{routes}\n{}", upstream_toml(&[up.addr], "")));
+    let g = Gateway::start(&format!("{}\n{routes}", upstream_toml(&[up.addr], "")));
     (g, up)
 }
 

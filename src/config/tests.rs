@@ -115,3 +115,90 @@ fn syntax_error_keeps_line_number() {
     let e = parse("[server\nlisten=1").unwrap_err().to_string();
     assert!(e.contains("line 1"), "{e}");
 }
+
+fn with_routes(routes: &str) -> String {
+    format!("{MINIMAL}\n[[upstreams]]\nname = \"u\"\naddresses = [\"127.0.0.1:1\"]\n{routes}")
+}
+
+#[test]
+fn routes_are_ordered_by_specificity_and_duplicates_refused() {
+    let c = parse(&with_routes(
+        r#"
+[[routes]]
+path = "/v0/inboxes/{inbox_id}/**"
+upstream = "u"
+[[routes]]
+path = "/v0/inboxes/{inbox_id}/messages/*/send"
+upstream = "u"
+require = { POST = "message_send" }
+[[routes]]
+path = "/v0/inboxes/{inbox_id}/messages"
+upstream = "u"
+require = { GET = "message_read", POST = "message_send" }
+"#,
+    ))
+    .unwrap();
+    let order: Vec<&str> = c.routes.iter().map(|r| r.template.as_str()).collect();
+    assert_eq!(
+        order,
+        [
+            "/v0/inboxes/{inbox_id}/messages/*/send",
+            "/v0/inboxes/{inbox_id}/messages",
+            "/v0/inboxes/{inbox_id}/**"
+        ]
+    );
+    let req = c.routes[1].require.as_ref().unwrap();
+    assert_eq!(req.allow, "GET, POST");
+    for (dup, field) in [
+        ("/v0/inboxes/{inbox_id}", "routes[1].path"),
+        ("/v0/inboxes/{inbox_id}/**", "routes[1].path"),
+    ] {
+        let text = with_routes(&format!(
+            "[[routes]]\npath = \"/v0/inboxes/{{inbox_id}}/**\"\nupstream = \"u\"\n[[routes]]\npath = \"{dup}\"\nupstream = \"u\"\n"
+        ));
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(
+            e.contains(field) && e.contains("matches exactly the paths of routes[0]"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn requirements_and_permissions_name_their_field() {
+    for (require, field) in [
+        ("{ GET = \"nope\" }", "routes[0].require.GET"),
+        ("{ FETCH = \"message_read\" }", "routes[0].require.FETCH"),
+        ("{}", "routes[0].require"),
+    ] {
+        let text = with_routes(&format!(
+            "[[routes]]\npath = \"/v0/inboxes/{{inbox_id}}\"\nupstream = \"u\"\nrequire = {require}\n"
+        ));
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains(field), "{require}: {e}");
+    }
+    let e = parse(&format!(
+        "{MINIMAL}\n[permissions]\nnames = [\"a\", \"a\"]\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("permissions.names"), "{e}");
+    let e = parse(&format!(
+        "{MINIMAL}\n[permissions]\nnames = [\"a\"]\nopt_in = [\"b\"]\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("permissions.opt_in"), "{e}");
+    let c = parse(&format!(
+        "{MINIMAL}\n[permissions]\nnames = [\"read\", \"write\"]\nopt_in = [\"write\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(c.permissions.names(), ["read", "write"]);
+    let e = parse(&MINIMAL.replace(
+        "[inbox_directory]",
+        "[keys]\nmax_lifetime_days = 0\n[inbox_directory]",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("keys.max_lifetime_days"), "{e}");
+}

@@ -646,12 +646,28 @@ impl Validator<'_> {
                     )
                 })?;
             let require = self.requirements(i, r.require, vocabulary)?;
+            if let Some(j) = out
+                .iter()
+                .position(|o: &RouteConfig| o.template.same_paths_as(&template))
+            {
+                return Err(self.err(
+                    format!("routes[{i}].path"),
+                    format!(
+                        "{:?} matches exactly the paths of routes[{j}] ({:?}); merge them into one route",
+                        template.as_str(),
+                        out[j].template.as_str()
+                    ),
+                ));
+            }
             out.push(RouteConfig {
                 template,
                 upstream,
                 require,
             });
         }
+        // Most specific first: the proxy takes the first match, which is then the most specific
+        // one whatever the order in the file.
+        out.sort_by_key(|r| std::cmp::Reverse(r.template.specificity()));
         Ok(out)
     }
 }

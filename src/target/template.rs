@@ -1,5 +1,10 @@
-//! Route templates like `/v0/inboxes/{inbox_id}`: which configured route a path falls under,
-//! by exact bytes, and its raw `{inbox_id}` segment.
+//! Route templates like `/v0/inboxes/{inbox_id}/messages/*`: which configured route a path
+//! falls under, by exact bytes, and its raw `{inbox_id}` segment.
+//!
+//! A template matches its path and everything below it, on segment boundaries. `*` is any one
+//! segment; a trailing `**` says "and everything below" explicitly (the same match). When
+//! several templates match, the most specific wins whatever their order: compared segment by
+//! segment, a literal beats `{inbox_id}` or `*`, and a longer template beats its prefix.
 
 use super::is_pchar_byte;
 
@@ -7,6 +12,18 @@ use super::is_pchar_byte;
 enum Segment {
     Literal(Box<[u8]>),
     Inbox,
+    /// `*`: any one segment.
+    Any,
+}
+
+impl Segment {
+    /// How specific a segment is (higher wins).
+    fn rank(&self) -> u8 {
+        match self {
+            Segment::Literal(_) => 2,
+            Segment::Inbox | Segment::Any => 1,
+        }
+    }
 }
 
 /// A route path like `/v0/inboxes/{inbox_id}`: matches that path and everything below it on
@@ -26,10 +43,28 @@ impl RouteTemplate {
             ));
         }
         let mut segments = Vec::new();
-        for seg in text[1..].split('/') {
+        let parts: Vec<&str> = text[1..].split('/').collect();
+        for (i, seg) in parts.iter().copied().enumerate() {
             if seg == "{inbox_id}" {
                 segments.push(Segment::Inbox);
                 continue;
+            }
+            if seg == "*" {
+                segments.push(Segment::Any);
+                continue;
+            }
+            if seg == "**" {
+                if i + 1 != parts.len() {
+                    return Err(format!(
+                        "{text:?}: \"**\" may only be the last segment (everything below)"
+                    ));
+                }
+                continue;
+            }
+            if seg.contains('*') {
+                return Err(format!(
+                    "{text:?}: segment {seg:?} mixes '*' with text; use a whole segment \"*\" (one segment) or a final \"**\""
+                ));
             }
             if seg.contains('{') || seg.contains('}') {
                 return Err(format!(
@@ -64,6 +99,27 @@ impl RouteTemplate {
         &self.text
     }
 
+    /// The specificity key: segment ranks in order (compared lexicographically, longer wins
+    /// over its own prefix).
+    pub fn specificity(&self) -> Vec<u8> {
+        self.segments.iter().map(Segment::rank).collect()
+    }
+
+    /// Whether two templates match exactly the same paths (`{inbox_id}` and `*` both match any
+    /// one segment; a trailing `**` changes nothing).
+    pub fn same_paths_as(&self, other: &RouteTemplate) -> bool {
+        self.segments.len() == other.segments.len()
+            && self
+                .segments
+                .iter()
+                .zip(&other.segments)
+                .all(|(a, b)| match (a, b) {
+                    (Segment::Literal(x), Segment::Literal(y)) => x == y,
+                    (Segment::Literal(_), _) | (_, Segment::Literal(_)) => false,
+                    _ => true,
+                })
+    }
+
     /// If a validated path falls under this template, returns its raw `{inbox_id}` segment.
     pub fn match_path<'p>(&self, path: &'p [u8]) -> Option<&'p [u8]> {
         let mut parts = path.get(1..)?.split(|&b| b == b'/');
@@ -77,6 +133,7 @@ impl RouteTemplate {
                     }
                 }
                 Segment::Inbox => inbox = Some(got),
+                Segment::Any => {}
             }
         }
         inbox
@@ -114,5 +171,34 @@ mod tests {
         assert!(RouteTemplate::parse("/a/x{inbox_id}").is_err());
         assert!(RouteTemplate::parse("/a%2f/{inbox_id}").is_err());
         assert!(RouteTemplate::parse("/{inbox_id}").is_ok());
+        assert!(RouteTemplate::parse("/a/{inbox_id}/*/b/**").is_ok());
+        assert!(RouteTemplate::parse("/a/{inbox_id}/**/b").is_err());
+        assert!(RouteTemplate::parse("/a/{inbox_id}/x*").is_err());
+    }
+
+    #[test]
+    fn stars_match_one_segment_and_specificity_orders_templates() {
+        let star = RouteTemplate::parse("/v0/inboxes/{inbox_id}/messages/*/send").unwrap();
+        assert_eq!(
+            star.match_path(b"/v0/inboxes/X/messages/m1/send"),
+            Some(&b"X"[..])
+        );
+        assert_eq!(
+            star.match_path(b"/v0/inboxes/X/messages/m1/send/more"),
+            Some(&b"X"[..])
+        );
+        assert_eq!(star.match_path(b"/v0/inboxes/X/messages/send"), None);
+        let all = RouteTemplate::parse("/v0/inboxes/{inbox_id}/**").unwrap();
+        let bare = RouteTemplate::parse("/v0/inboxes/{inbox_id}").unwrap();
+        assert!(all.same_paths_as(&bare));
+        let msgs = RouteTemplate::parse("/v0/inboxes/{inbox_id}/messages").unwrap();
+        let any = RouteTemplate::parse("/v0/inboxes/{inbox_id}/*").unwrap();
+        assert!(!msgs.same_paths_as(&any));
+        assert!(msgs.specificity() > any.specificity());
+        assert!(any.specificity() > bare.specificity());
+        assert!(star.specificity() > msgs.specificity());
+        let swapped = RouteTemplate::parse("/v0/*/{inbox_id}").unwrap();
+        let other = RouteTemplate::parse("/v0/{inbox_id}/*").unwrap();
+        assert!(swapped.same_paths_as(&other));
     }
 }
