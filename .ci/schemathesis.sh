@@ -2,6 +2,7 @@
 # Runs schemathesis against a live gateway: every response must match openapi.yaml and none
 # may be a 5xx. `positive_data_acceptance` is excluded: page tokens are opaque (any string the
 # gateway did not issue is a 400 by design) and JSON Schema cannot express every name rule.
+# Two runs: the /human API with a management token, the key-managed /v0 API with an API key.
 # Usage: .ci/schemathesis.sh path/to/agentry-gateway
 set -euo pipefail
 bin=$1
@@ -38,9 +39,27 @@ for _ in $(seq 1 100); do
   curl -fs "http://127.0.0.1:$mport/readyz" >/dev/null && break
   sleep 0.1
 done
+# The /human API with a management token.
 schemathesis run openapi.yaml \
   --url "http://127.0.0.1:$port" \
+  --include-path-regex '^/human/' \
   -H "Authorization: Bearer $token" \
+  --checks all \
+  --exclude-checks positive_data_acceptance \
+  --max-examples 40 \
+  --workers 1 \
+  --seed 1 \
+  --suppress-health-check all \
+  --no-color
+# The key-managed /v0 API with an API key that may manage keys.
+key=$(curl -fs -H "Authorization: Bearer $token" -H 'content-type: application/json' \
+  -d '{"name":"schemathesis","permissions":{"api_key_read":true,"api_key_create":true,"api_key_update":true,"api_key_delete":true}}' \
+  "http://127.0.0.1:$port/human/v0/inboxes/schemathesis@example.com/api-keys" |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
+schemathesis run openapi.yaml \
+  --url "http://127.0.0.1:$port" \
+  --include-path-regex '^/v0/' \
+  -H "Authorization: Bearer $key" \
   --checks all \
   --exclude-checks positive_data_acceptance \
   --max-examples 40 \
