@@ -234,6 +234,7 @@ addresses = ["127.0.0.1:{UPSTREAM}"]
 [[routes]]
 path = "/v0/inboxes/{{inbox_id}}"
 upstream = "inbox"
+{'require = { GET = "message_read" }' if self.args.require else ''}
 """
 
     def store_toml(self, db):
@@ -418,6 +419,8 @@ def main():
     ap.add_argument("--json", default="", help="also write raw results to this file")
     ap.add_argument("--flush-ms", type=int, default=1000, help="gateway usage.flush_interval_ms")
     ap.add_argument("--soak", type=int, default=0, help="run only the soak test, this many seconds")
+    ap.add_argument("--require", action="store_true",
+                    help="the gateway's route requires message_read for GET (a permission check per request)")
     ap.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite",
                     help="the gateways' store (postgres: a fresh database per gateway on --pg-server)")
     ap.add_argument("--pg-server", default="host=127.0.0.1 port=5432 user=postgres",

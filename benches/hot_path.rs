@@ -27,6 +27,9 @@ struct Fixture {
     verifier: Verifier,
     usage: UsageRecorder,
     valid: Vec<HeaderMap>,
+    /// Keys with an expiry and a permissions object (the checks of issue "Keys that carry
+    /// their limits" on every hit).
+    limited: Vec<HeaderMap>,
     unknown: HeaderMap,
     bad_checksum: HeaderMap,
     malformed: HeaderMap,
@@ -70,8 +73,10 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
         limiter,
     );
     let mut valid = Vec::new();
+    let mut limited = Vec::new();
     rt.block_on(async {
-        for i in 0..1000 {
+        for i in 0..2000 {
+            let is_limited = i >= 1000;
             let m = format.generate();
             store
                 .create_key(NewKey {
@@ -83,8 +88,9 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
                         prefix: m.display_prefix.clone(),
                         created_at_us: i,
                         used_at_us: None,
-                        permissions: None,
-                        expires_at_us: None,
+                        permissions: is_limited
+                            .then(|| r#"{"message_read":true,"message_send":true}"#.to_owned()),
+                        expires_at_us: is_limited.then_some(4_102_444_800_000_000),
                         updated_at_us: i,
                         created_by: None,
                     },
@@ -92,13 +98,18 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
                 })
                 .await
                 .unwrap();
-            valid.push(m.plaintext);
+            if is_limited {
+                limited.push(m.plaintext);
+            } else {
+                valid.push(m.plaintext);
+            }
         }
     });
     let valid: Vec<HeaderMap> = valid.iter().map(|k| bearer(k)).collect();
+    let limited: Vec<HeaderMap> = limited.iter().map(|k| bearer(k)).collect();
     let unknown = bearer(&format.generate().plaintext);
     rt.block_on(async {
-        for h in &valid {
+        for h in valid.iter().chain(&limited) {
             verifier.authenticate(h, CLIENT).await.unwrap();
         }
         let _ = verifier.authenticate(&unknown, CLIENT).await;
@@ -112,6 +123,7 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
         verifier,
         usage: UsageRecorder::new(store, metrics),
         valid,
+        limited,
         unknown,
         bad_checksum: bearer(&String::from_utf8(bad).unwrap()),
         malformed: bearer("agk_short"),
@@ -149,6 +161,26 @@ fn verify(c: &mut Criterion) {
                 validate_path(path).unwrap();
                 let seg = route.match_path(path).unwrap();
                 black_box(segment_equals(seg, id.inbox_id.as_bytes()))
+            }
+        })
+    });
+    let read = agentry_gateway::permissions::Vocabulary::default()
+        .lookup("message_read")
+        .unwrap();
+    let mut j = 0usize;
+    g.bench_function("positive_hit_with_scope_expiry_permission", |b| {
+        b.to_async(&rt).iter(|| {
+            j = (j + 1) % f.limited.len();
+            let headers = &f.limited[j];
+            let verifier = &f.verifier;
+            let route = &route;
+            async move {
+                let id = verifier.authenticate(headers, CLIENT).await.unwrap();
+                validate_path(path).unwrap();
+                let seg = route.match_path(path).unwrap();
+                black_box(
+                    segment_equals(seg, id.inbox_id.as_bytes()) && id.permissions.contains(read),
+                )
             }
         })
     });
