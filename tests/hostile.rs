@@ -598,8 +598,8 @@ fn sigterm_under_load_finishes_in_flight_requests() {
     assert_eq!(with_use, 8, "every used_at mark was saved");
 }
 
-#[test]
-fn a_dribbled_request_head_is_cut_off_by_the_header_deadline() {
+/// A gateway with a 600 ms request-head deadline, its upstream, and a valid key.
+fn slow_head_gateway() -> (Gateway, Upstream, String) {
     let up = Upstream::start();
     let body = format!(
         "{}\n{}",
@@ -611,27 +611,18 @@ fn a_dribbled_request_head_is_cut_off_by_the_header_deadline() {
         .as_str()
         .unwrap()
         .to_owned();
+    (g, up, key)
+}
+
+#[test]
+fn a_dribbled_request_head_is_cut_off_by_the_header_deadline() {
+    let (g, up, key) = slow_head_gateway();
     // A head sent one piece every 200 ms: 10 pieces take 2 s, far past the 600 ms deadline.
-    let mut s = std::net::TcpStream::connect(g.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let head = format!(
         "GET {P} HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {key}\r\nX-Pad: aaaaaaaaaa\r\n\r\n"
     );
     let started = std::time::Instant::now();
-    let pieces: Vec<&[u8]> = head.as_bytes().chunks(head.len() / 10 + 1).collect();
-    let mut cut_off = false;
-    for piece in pieces {
-        use std::io::Write;
-        if s.write_all(piece).is_err() {
-            cut_off = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let mut rest = Vec::new();
-    use std::io::Read;
-    let _ = s.read_to_end(&mut rest);
-    let text = String::from_utf8_lossy(&rest);
+    let (cut_off, text) = dribble(g.addr, head.as_bytes(), 10, Duration::from_millis(200));
     assert!(cut_off || !text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(8));
     assert_eq!(up.count(), 0);
@@ -643,7 +634,7 @@ fn a_dribbled_request_head_is_cut_off_by_the_header_deadline() {
     assert_eq!(c.send("GET", P, &[("Authorization", &auth)]).status, 200);
     let mut s = std::net::TcpStream::connect(g.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    use std::io::Write;
+    use std::io::{Read, Write};
     s.write_all(format!("POST {P} HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {key}\r\nContent-Length: 4\r\nConnection: close\r\n\r\nab").as_bytes()).unwrap();
     std::thread::sleep(Duration::from_millis(900));
     s.write_all(b"cd").unwrap();
@@ -683,17 +674,7 @@ fn dribble(
 
 #[test]
 fn empty_lines_before_the_request_line_do_not_stop_the_header_deadline() {
-    let up = Upstream::start();
-    let body = format!(
-        "{}\n{}",
-        standard_auth_toml(),
-        upstream_toml(&[up.addr], "")
-    );
-    let g = Gateway::start_with(&body, "header_read_timeout_ms = 600");
-    let key = g.create_key(SUPPORT, "slow")["api_key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (g, up, key) = slow_head_gateway();
     let head = format!(
         "GET {P} HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {key}\r\nX-Pad: aaaaaaaaaa\r\n\r\n"
     );

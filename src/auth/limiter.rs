@@ -192,6 +192,11 @@ impl FailureLimiter {
         let Some(ip) = ip.filter(|_| self.limit > 0) else {
             return Ok(());
         };
+        self.count_one(ip)
+    }
+
+    /// Adds one to the client's count, or refuses when it is at the limit.
+    fn count_one(&self, ip: IpAddr) -> Result<(), Blocked> {
         self.with_entry(ip, true, |e, now| {
             let e = e.expect("created");
             if e.count >= self.limit {
@@ -211,14 +216,7 @@ impl FailureLimiter {
                 client: None,
             });
         };
-        self.with_entry(ip, true, |e, now| {
-            let e = e.expect("created");
-            if e.count >= self.limit {
-                return Err(self.blocked_answer(e, now));
-            }
-            e.count += 1;
-            Ok(())
-        })?;
+        self.count_one(ip)?;
         Ok(Reservation {
             limiter: self,
             client: Some(ip),

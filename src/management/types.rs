@@ -65,43 +65,19 @@ pub struct ListApiKeysResponse {
     pub next_page_token: Option<String>,
 }
 
+/// The 201 of a create: the key's fields, and the plaintext key this once.
 #[derive(Debug, Serialize)]
 pub struct CreateApiKeyResponse {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
     pub api_key: String,
-    pub api_key_id: String,
-    pub created_at: String,
-    pub inbox_id: String,
-    pub name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod_id: Option<String>,
-    pub prefix: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub permissions: Option<serde_json::Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<String>,
-    pub updated_at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub created_by: Option<Creator>,
+    #[serde(flatten)]
+    pub key: ApiKeyItem,
 }
 
 impl CreateApiKeyResponse {
-    /// The 201 body: the record, and the plaintext key this once.
     pub fn new(api_key: String, r: KeyRecord) -> CreateApiKeyResponse {
         CreateApiKeyResponse {
-            kind: "bearer",
             api_key,
-            api_key_id: r.api_key_id,
-            created_at: rfc3339(r.created_at_us),
-            inbox_id: r.inbox_id,
-            name: r.name,
-            pod_id: r.pod_id,
-            prefix: r.prefix,
-            permissions: permissions_json(&r.permissions),
-            expires_at: r.expires_at_us.map(rfc3339),
-            updated_at: rfc3339(r.updated_at_us),
-            created_by: r.created_by.map(|api_key_id| Creator { api_key_id }),
+            key: ApiKeyItem::from(r),
         }
     }
 }
