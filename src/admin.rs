@@ -36,7 +36,7 @@ impl ServeHttp for AdminApp {
             return reply(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "application/json",
-                br#"{"name":"MethodNotAllowedError","code":"method_not_allowed","message":"only GET"}"#.to_vec(),
+                crate::answer::OPERATIONS_ONLY_GET.body.as_bytes().to_vec(),
             );
         }
         match req.uri.path() {
@@ -59,9 +59,17 @@ impl ServeHttp for AdminApp {
                     self.metrics.render(),
                 )
             }
-            "/healthz" => reply(StatusCode::OK, "application/json", br#"{"status":"ok"}"#.to_vec()),
+            "/healthz" => reply(
+                StatusCode::OK,
+                "application/json",
+                br#"{"status":"ok"}"#.to_vec(),
+            ),
             "/readyz" => match self.store.ping().await {
-                Ok(()) => reply(StatusCode::OK, "application/json", br#"{"status":"ready"}"#.to_vec()),
+                Ok(()) => reply(
+                    StatusCode::OK,
+                    "application/json",
+                    br#"{"status":"ready"}"#.to_vec(),
+                ),
                 Err(_) => reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "application/json",
@@ -71,7 +79,7 @@ impl ServeHttp for AdminApp {
             _ => reply(
                 StatusCode::NOT_FOUND,
                 "application/json",
-                br#"{"name":"NotFoundError","code":"route_not_found","message":"try /metrics, /healthz or /readyz"}"#.to_vec(),
+                crate::answer::OPERATIONS_NOT_FOUND.body.as_bytes().to_vec(),
             ),
         }
     }

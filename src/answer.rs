@@ -299,6 +299,20 @@ fixed!(
     "this route does not take this method; see Allow"
 );
 fixed!(
+    OPERATIONS_ONLY_GET,
+    405,
+    "MethodNotAllowedError",
+    "method_not_allowed",
+    "only GET"
+);
+fixed!(
+    OPERATIONS_NOT_FOUND,
+    404,
+    "NotFoundError",
+    "route_not_found",
+    "try /metrics, /healthz or /readyz"
+);
+fixed!(
     INTERNAL,
     500,
     "InternalError",
@@ -324,6 +338,8 @@ pub const ALL_FIXED: &[&Fixed] = &[
     &UPGRADE_NOT_SUPPORTED,
     &HEADERS_TOO_LARGE,
     &METHOD_NOT_ALLOWED,
+    &OPERATIONS_ONLY_GET,
+    &OPERATIONS_NOT_FOUND,
     &INTERNAL,
 ];
 

@@ -433,6 +433,13 @@ upstream = "ok"
     );
     let g = Gateway::start(&extra);
     // Healthy at the start-up check, gone by the time the request comes.
+    // The first (TCP) health check has connected: it found the address up.
+    wait_until("the first health check", Duration::from_secs(5), || {
+        refused
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 1
+    });
     refused.stop();
     let (key, _) = key_for(&g, SUPPORT);
     for (route, status, code) in [

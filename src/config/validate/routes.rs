@@ -1,0 +1,202 @@
+//! Validating upstream groups and routes (templates, their upstream, what each method needs).
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use super::super::file::*;
+use super::super::types::*;
+use super::super::*;
+use super::Validator;
+use crate::permissions::Vocabulary;
+use crate::target::RouteTemplate;
+
+impl Validator<'_> {
+    pub(super) fn upstreams(
+        &self,
+        ups: Vec<FileUpstream>,
+    ) -> Result<Vec<UpstreamConfig>, ConfigError> {
+        let mut names = HashSet::new();
+        let mut out = Vec::with_capacity(ups.len());
+        for (i, u) in ups.into_iter().enumerate() {
+            let field = |f: &str| format!("upstreams[{i}].{f}");
+            let name_ok = !u.name.is_empty()
+                && u.name.len() <= 64
+                && u.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !name_ok {
+                return Err(self.err(
+                    field("name"),
+                    format!("{:?} must be 1 to 64 characters of A-Z a-z 0-9 _ -", u.name),
+                ));
+            }
+            if !names.insert(u.name.clone()) {
+                return Err(self.err(field("name"), format!("{:?} is defined twice", u.name)));
+            }
+            if u.addresses.is_empty() {
+                return Err(self.err(
+                    field("addresses"),
+                    "must list at least one IP:port (e.g. [\"127.0.0.1:3000\"])",
+                ));
+            }
+            let mut addresses = Vec::with_capacity(u.addresses.len());
+            for (j, a) in u.addresses.iter().enumerate() {
+                addresses.push(self.socket_addr(&format!("upstreams[{i}].addresses[{j}]"), a)?);
+            }
+            let (health_check_path, interval) = match u.health_check {
+                None => (None, DEFAULT_HEALTH_CHECK_INTERVAL_SECS),
+                Some(h) => {
+                    if let Some(p) = &h.path {
+                        if !p.starts_with('/') || p.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                            return Err(self.err(
+                                field("health_check.path"),
+                                format!("{p:?} must start with '/' and hold no spaces or control characters"),
+                            ));
+                        }
+                    }
+                    (
+                        h.path,
+                        self.positive(
+                            &field("health_check.interval_seconds"),
+                            h.interval_seconds
+                                .unwrap_or(DEFAULT_HEALTH_CHECK_INTERVAL_SECS),
+                        )?,
+                    )
+                }
+            };
+            let connect = self.positive(
+                &field("connect_timeout_ms"),
+                u.connect_timeout_ms.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS),
+            )?;
+            let read = self.positive(
+                &field("read_timeout_ms"),
+                u.read_timeout_ms.unwrap_or(DEFAULT_READ_TIMEOUT_MS),
+            )?;
+            let write = match u.write_timeout_ms {
+                Some(ms) => Some(Duration::from_millis(
+                    self.positive(&field("write_timeout_ms"), ms)?,
+                )),
+                None => None,
+            };
+            out.push(UpstreamConfig {
+                name: u.name,
+                addresses,
+                health_check_path,
+                health_check_interval: Duration::from_secs(interval),
+                connect_timeout: Duration::from_millis(connect),
+                read_timeout: Duration::from_millis(read),
+                write_timeout: write,
+            });
+        }
+        Ok(out)
+    }
+
+    fn requirements(
+        &self,
+        i: usize,
+        require: Option<BTreeMap<String, String>>,
+        vocabulary: &Vocabulary,
+    ) -> Result<Option<Requirements>, ConfigError> {
+        const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+        let Some(require) = require else {
+            return Ok(None);
+        };
+        if require.is_empty() {
+            return Err(self.err(
+                format!("routes[{i}].require"),
+                "must name at least one method, e.g. require = { GET = \"message_read\" }; omit it to allow every method",
+            ));
+        }
+        let mut methods = Vec::with_capacity(require.len());
+        for (method, permission) in require {
+            if !METHODS.contains(&method.as_str()) {
+                return Err(self.err(
+                    format!("routes[{i}].require.{method}"),
+                    format!(
+                        "{method:?} is not a method (use one of {})",
+                        METHODS.join(", ")
+                    ),
+                ));
+            }
+            let p = vocabulary.lookup(&permission).ok_or_else(|| {
+                self.err(
+                    format!("routes[{i}].require.{method}"),
+                    format!("{permission:?} is not a permission name (see [permissions] names)"),
+                )
+            })?;
+            let m = http::Method::from_bytes(method.as_bytes())
+                .map_err(|_| self.err(format!("routes[{i}].require.{method}"), "not a method"))?;
+            methods.push((m, p));
+        }
+        let allow = methods
+            .iter()
+            .map(|(m, _)| m.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let allow = http::HeaderValue::from_str(&allow)
+            .map_err(|_| self.err(format!("routes[{i}].require"), "bad method names"))?;
+        let names = methods
+            .iter()
+            .map(|(_, p)| (*p, vocabulary.name(*p).to_owned()))
+            .collect();
+        Ok(Some(Requirements {
+            methods,
+            names,
+            allow,
+        }))
+    }
+
+    pub(super) fn routes(
+        &self,
+        routes: Vec<FileRoute>,
+        upstreams: &[UpstreamConfig],
+        vocabulary: &Vocabulary,
+    ) -> Result<Vec<RouteConfig>, ConfigError> {
+        let mut out = Vec::with_capacity(routes.len());
+        for (i, r) in routes.into_iter().enumerate() {
+            let template = RouteTemplate::parse(&r.path)
+                .map_err(|msg| self.err(format!("routes[{i}].path"), msg))?;
+            let upstream = upstreams
+                .iter()
+                .position(|u| u.name == r.upstream)
+                .ok_or_else(|| {
+                    let defined: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+                    self.err(
+                        format!("routes[{i}].upstream"),
+                        format!(
+                            "{:?} is not a defined upstream (defined: {})",
+                            r.upstream,
+                            if defined.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                defined.join(", ")
+                            }
+                        ),
+                    )
+                })?;
+            let require = self.requirements(i, r.require, vocabulary)?;
+            if let Some(j) = out
+                .iter()
+                .position(|o: &RouteConfig| o.template.same_paths_as(&template))
+            {
+                return Err(self.err(
+                    format!("routes[{i}].path"),
+                    format!(
+                        "{:?} matches exactly the paths of routes[{j}] ({:?}); merge them into one route",
+                        template.as_str(),
+                        out[j].template.as_str()
+                    ),
+                ));
+            }
+            out.push(RouteConfig {
+                template,
+                upstream,
+                require,
+            });
+        }
+        // Most specific first: the proxy takes the first match, which is then the most specific
+        // one whatever the order in the file.
+        out.sort_by_key(|r| std::cmp::Reverse(r.template.specificity()));
+        Ok(out)
+    }
+}
