@@ -17,7 +17,7 @@ use moka::future::Cache;
 
 use super::limiter::{Blocked, FailureLimiter};
 use crate::answer::{self, Answer};
-use crate::clock::now_us;
+use crate::clock::coarse_now_us;
 use crate::config::CacheConfig;
 use crate::keys::{hash_secret, hashes_equal, KeyFormat, KeyFormatError, KeyHash};
 use crate::metrics::{Metrics, Rejection};
@@ -243,8 +243,9 @@ impl Verifier {
         client: Option<IpAddr>,
     ) -> Result<Arc<ApiKeyIdentity>, AuthFailure> {
         let id = self.identify(key, client).await?;
-        // Expiry is checked on every use, cached or not; only keys that expire read the clock.
-        if id.expires_at_us != i64::MAX && now_us() >= id.expires_at_us {
+        // Expiry is checked on every use, cached or not, against a clock at most
+        // `clock::COARSE_TICK` (5 ms) old: a key may outlive its `expires_at` by that much.
+        if id.expires_at_us != i64::MAX && coarse_now_us() >= id.expires_at_us {
             return Err(self.failed(client, AuthFailure::Expired));
         }
         Ok(id)
