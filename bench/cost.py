@@ -1,0 +1,243 @@
+#!/usr/bin/env python3
+"""Cost per proxied request, counted instead of timed: heap allocations and instructions.
+
+The system under test runs under valgrind (memcheck for `total heap usage: N allocs`, callgrind
+for instructions), one worker thread, behind one keep-alive client connection, in front of a
+fixed-200 upstream. Each scenario runs twice, with N1 and N2 requests; the per-request cost is
+(total(N2) - total(N1)) / (N2 - N1), so start-up and shutdown cancel out. The counts repeat to
+the instruction for the same binary and inputs, whatever else the machine does.
+
+S4 is the minimal pingora passthrough (examples/pingora_passthrough), S5 the gateway on cache
+hits. Run through bench/cost.sh, which builds the release binaries.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+GATEWAY = os.path.join(TARGET, "release/agentry-gateway")
+PASSTHROUGH = os.path.join(TARGET, "release/examples/pingora_passthrough")
+TOKEN = "agm_cost_" + hashlib.sha256(os.urandom(16)).hexdigest()[:32]
+INBOX = "support@cost.example"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port, timeout=120.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"port {port} did not open")
+
+
+def upstream(port, stop):
+    """A fixed 200 with a 3-byte body, keep-alive, one thread per connection."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port))
+    srv.listen(64)
+    srv.settimeout(0.2)
+    reply = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\nabc"
+
+    def serve(c):
+        buf = b""
+        with c:
+            while not stop.is_set():
+                try:
+                    data = c.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                buf += data
+                while b"\r\n\r\n" in buf:
+                    _, buf = buf.split(b"\r\n\r\n", 1)
+                    c.sendall(reply)
+
+    while not stop.is_set():
+        try:
+            c, _ = srv.accept()
+        except socket.timeout:
+            continue
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+    srv.close()
+
+
+def client(port, n, headers):
+    """n sequential GETs on one kept-alive connection; every answer must be 200."""
+    s = socket.create_connection(("127.0.0.1", port))
+    req = (f"GET /v0/inboxes/{INBOX}/messages HTTP/1.1\r\nHost: cost\r\n{headers}\r\n").encode()
+    f = s.makefile("rb")
+    for _ in range(n):
+        s.sendall(req)
+        status = f.readline()
+        if b" 200 " not in status:
+            raise RuntimeError(f"answer {status!r}")
+        length = 0
+        while True:
+            line = f.readline()
+            if line in (b"\r\n", b""):
+                break
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        f.read(length)
+    s.close()
+
+
+def gateway_config(d, port, mport, up):
+    return f"""
+[server]
+listen = "127.0.0.1:{port}"
+threads = 1
+grace_period_seconds = 0
+graceful_shutdown_timeout_seconds = 1
+pid_file = "{d}/gw.pid"
+upgrade_sock = "{d}/gw.sock"
+[metrics]
+listen = "127.0.0.1:{mport}"
+[store]
+kind = "sqlite"
+path = "{d}/gw.db"
+[logging]
+access_log = false
+[limits]
+failed_auth_per_ip = 0
+[[management.tokens]]
+name = "cost"
+sha256 = "{hashlib.sha256(TOKEN.encode()).hexdigest()}"
+scope = "all"
+[inbox_directory]
+source = "none"
+[[upstreams]]
+name = "inbox"
+addresses = ["127.0.0.1:{up}"]
+[[routes]]
+path = "/v0/inboxes/{{inbox_id}}"
+upstream = "inbox"
+"""
+
+
+def create_key(port):
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/human/v0/inboxes/{INBOX}/api-keys",
+        data=json.dumps({"name": "cost"}).encode(),
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.load(r)["api_key"]
+
+
+def run(scenario, tool, n, d, up_port):
+    """One run under valgrind: returns the tool's total (allocations or instructions)."""
+    port = free_port()
+    out = os.path.join(d, f"{scenario}-{tool}-{n}.out")
+    if tool == "callgrind":
+        vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+    else:
+        vg = ["valgrind", "--leak-check=no"]
+    if scenario == "S4":
+        cmd = vg + [PASSTHROUGH, f"127.0.0.1:{port}", f"127.0.0.1:{up_port}", "1"]
+        headers = ""
+    else:
+        mport = free_port()
+        cfg = os.path.join(d, f"gw-{tool}-{n}.toml")
+        with open(cfg, "w") as f:
+            f.write(gateway_config(d, port, mport, up_port))
+        cmd = vg + [GATEWAY, "run", "--config", cfg]
+    log = open(os.path.join(d, f"{scenario}-{tool}-{n}.log"), "w")
+    p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                         env=dict(os.environ, RUST_LOG="error"))
+    try:
+        wait_port(port)
+        if scenario == "S5":
+            wait_port(mport)
+            key = create_key(port)
+            headers = f"Authorization: Bearer {key}\r\n"
+        client(port, 50, headers)  # warm caches, pools and the upstream connection
+        client(port, n, headers)
+    finally:
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        log.close()
+    text = open(os.path.join(d, f"{scenario}-{tool}-{n}.log")).read()
+    if tool == "memcheck":
+        m = re.search(r"total heap usage: ([\d,]+) allocs", text)
+        if not m:
+            raise RuntimeError(f"no heap summary for {scenario} {n}:\n{text[-2000:]}")
+        return int(m.group(1).replace(",", "")), out
+    with open(out) as f:
+        for line in f:
+            if line.startswith("totals:") or line.startswith("summary:"):
+                return int(line.split()[1]), out
+    raise RuntimeError(f"no callgrind totals for {scenario} {n}")
+
+
+def top_functions(path, count):
+    out = subprocess.run(["callgrind_annotate", "--inclusive=yes", path],
+                         capture_output=True, text=True).stdout
+    rows = [l for l in out.splitlines() if re.match(r"^\s*[\d,]+ \(", l)]
+    return rows[:count]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--n1", type=int, default=1000)
+    ap.add_argument("--n2", type=int, default=6000)
+    ap.add_argument("--top", type=int, default=15)
+    args = ap.parse_args()
+    d = tempfile.mkdtemp(prefix="agentry-cost-")
+    up_port = free_port()
+    stop = threading.Event()
+    threading.Thread(target=upstream, args=(up_port, stop), daemon=True).start()
+    results = {}
+    try:
+        for tool in ("memcheck", "callgrind"):
+            for scenario in ("S4", "S5"):
+                t1, _ = run(scenario, tool, args.n1, d, up_port)
+                t2, out2 = run(scenario, tool, args.n2, d, up_port)
+                per = (t2 - t1) / (args.n2 - args.n1)
+                results[(scenario, tool)] = (per, out2)
+                print(f"{scenario} {tool}: {per:,.1f} per request "
+                      f"({t1:,} at {args.n1}, {t2:,} at {args.n2})", file=sys.stderr, flush=True)
+    finally:
+        stop.set()
+    a4, a5 = results[("S4", "memcheck")][0], results[("S5", "memcheck")][0]
+    i4, i5 = results[("S4", "callgrind")][0], results[("S5", "callgrind")][0]
+    print("| scenario | heap allocations / request | instructions / request |")
+    print("| --- | ---: | ---: |")
+    print(f"| S4 pingora passthrough | {a4:,.1f} | {i4:,.0f} |")
+    print(f"| S5 agentry-gateway, cache hit | {a5:,.1f} | {i5:,.0f} |")
+    print(f"| S5 − S4 / S5 ÷ S4 | {a5 - a4:+,.1f} | {i5 / i4:.3f}× |")
+    print(f"\nS5 top functions by inclusive instructions ({args.n2} requests, whole run):")
+    for row in top_functions(results[("S5", "callgrind")][1], args.top):
+        print("  " + row.strip())
+
+
+if __name__ == "__main__":
+    main()
