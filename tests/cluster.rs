@@ -113,6 +113,13 @@ fn a_killed_listener_misses_no_revocation() {
         let key = created["api_key"].as_str().unwrap().to_owned();
         let id = created["api_key_id"].as_str().unwrap().to_owned();
         assert_eq!(a.call("GET", P, &key).status, 200);
+        for gw in [a, b] {
+            wait_until(
+                "the revocation listener is up",
+                Duration::from_secs(10),
+                || gw.metric("agentry_gateway_revocation_listener_up") == 1.0,
+            );
+        }
         // Cut every listening connection (A's and B's), then delete through B at once: A
         // reconnects after its back-off and must find the entry in the log.
         let killed: i64 = db.with(|c| {
@@ -240,6 +247,12 @@ fn an_unreachable_database_fails_closed_and_heals() {
         200
     );
 
+    // The bound runs from when the listener went down: start from a listener that is up.
+    wait_until(
+        "the revocation listener is up",
+        Duration::from_secs(10),
+        || g.metric("agentry_gateway_revocation_listener_up") == 1.0,
+    );
     proxy.cut();
     let cut_at = Instant::now();
     // Uncached keys: 503 at once; management: 503; readiness: 503.
