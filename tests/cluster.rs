@@ -277,8 +277,11 @@ fn an_unreachable_database_fails_closed_and_heals() {
         let r = g.call("GET", P, &cached);
         match r.status {
             200 => last_ok = Some(cut_at.elapsed()),
-            503 => break,
-            s => panic!("unexpected {s}"),
+            503 if r.json()["code"] == "auth_unavailable" => break,
+            // The echo upstream failing a health check on a loaded machine: not this test's
+            // subject (the key was accepted), so keep polling.
+            503 if r.json()["code"] == "no_healthy_upstream" => {}
+            s => panic!("unexpected {s}: {}", r.text()),
         }
         assert!(
             cut_at.elapsed() < Duration::from_secs(10),
