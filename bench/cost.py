@@ -25,31 +25,15 @@ import threading
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ports import free_port, wait_port  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 GATEWAY = os.path.join(TARGET, "release/agentry-gateway")
 PASSTHROUGH = os.path.join(TARGET, "release/examples/pingora_passthrough")
 TOKEN = "agm_cost_" + hashlib.sha256(os.urandom(16)).hexdigest()[:32]
 INBOX = "support@cost.example"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def wait_port(port, timeout=120.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"port {port} did not open")
 
 
 def upstream(port, stop):
@@ -170,9 +154,9 @@ def run(scenario, tool, n, d, up_port):
     p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                          env=dict(os.environ, RUST_LOG="error"))
     try:
-        wait_port(port)
+        wait_port(port, timeout=120)
         if scenario == "S5":
-            wait_port(mport)
+            wait_port(mport, timeout=120)
             key = create_key(port)
             headers = f"Authorization: Bearer {key}\r\n"
         client(port, 50, headers)  # warm caches, pools and the upstream connection

@@ -21,6 +21,9 @@ import tempfile
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ports import wait_port  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 GATEWAY = os.path.join(TARGET, "release/agentry-gateway")
@@ -41,18 +44,6 @@ CORE_SUT, CORE_LOAD = "0", "1"
 
 def sh(cmd, **kw):
     return subprocess.run(cmd, check=True, **kw)
-
-
-def wait_port(port, timeout=20.0):
-    import socket
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"port {port} did not open")
 
 
 def http_get(url):
