@@ -451,13 +451,22 @@ impl Store for PostgresStore {
         let times: Vec<i64> = marks.iter().map(|(_, t)| *t).collect();
         let c = self.client().await?;
         // One statement for every mark; GREATEST keeps used_at from moving backwards when
-        // instances flush out of order.
+        // instances flush out of order. The rows are locked first, in key order: instances
+        // flushing overlapping keys at once then wait for each other instead of deadlocking
+        // (an UPDATE ... FROM locks rows in whatever order its join yields them).
         let st = c
             .prepare_cached(
-                "UPDATE api_keys AS k
+                "WITH m AS (
+                     SELECT * FROM unnest($1::text[], $2::bigint[]) AS m(api_key_id, used_at_us)
+                 ), locked AS MATERIALIZED (
+                     SELECT k.api_key_id FROM api_keys AS k JOIN m USING (api_key_id)
+                     ORDER BY k.api_key_id FOR UPDATE OF k
+                 )
+                 UPDATE api_keys AS k
                  SET used_at_us = GREATEST(COALESCE(k.used_at_us, 0), m.used_at_us)
-                 FROM unnest($1::text[], $2::bigint[]) AS m(api_key_id, used_at_us)
-                 WHERE k.api_key_id = m.api_key_id",
+                 FROM m
+                 WHERE k.api_key_id = m.api_key_id
+                   AND k.api_key_id IN (SELECT api_key_id FROM locked)",
             )
             .await
             .map_err(db_error)?;
