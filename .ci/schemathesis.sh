@@ -39,34 +39,28 @@ for _ in $(seq 1 100); do
   curl -fs "http://127.0.0.1:$mport/readyz" >/dev/null && break
   sleep 0.1
 done
+# One run over the paths matching $1, with the bearer credential $2.
+run_schemathesis() {
+  schemathesis run openapi.yaml \
+    --url "http://127.0.0.1:$port" \
+    --include-path-regex "$1" \
+    -H "Authorization: Bearer $2" \
+    --checks all \
+    --exclude-checks positive_data_acceptance \
+    --max-examples 40 \
+    --workers 1 \
+    --seed 1 \
+    --suppress-health-check all \
+    --no-color
+}
 # The /human API with a management token.
-schemathesis run openapi.yaml \
-  --url "http://127.0.0.1:$port" \
-  --include-path-regex '^/human/' \
-  -H "Authorization: Bearer $token" \
-  --checks all \
-  --exclude-checks positive_data_acceptance \
-  --max-examples 40 \
-  --workers 1 \
-  --seed 1 \
-  --suppress-health-check all \
-  --no-color
+run_schemathesis '^/human/' "$token"
 # The key-managed /v0 API with an API key that may manage keys.
 key=$(curl -fs -H "Authorization: Bearer $token" -H 'content-type: application/json' \
   -d '{"name":"schemathesis","permissions":{"api_key_read":true,"api_key_create":true,"api_key_update":true,"api_key_delete":true}}' \
   "http://127.0.0.1:$port/human/v0/inboxes/schemathesis@example.com/api-keys" |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
-schemathesis run openapi.yaml \
-  --url "http://127.0.0.1:$port" \
-  --include-path-regex '^/v0/' \
-  -H "Authorization: Bearer $key" \
-  --checks all \
-  --exclude-checks positive_data_acceptance \
-  --max-examples 40 \
-  --workers 1 \
-  --seed 1 \
-  --suppress-health-check all \
-  --no-color
+run_schemathesis '^/v0/' "$key"
 if grep -E "panicked|ERROR" "$dir/gateway.log"; then
   echo "the gateway logged errors during the run" >&2
   exit 1

@@ -81,12 +81,7 @@ fn keys_created_anywhere_work_everywhere_and_deletes_reach_every_instance() {
         for gw in [a, b, c] {
             assert_eq!(gw.call("GET", P, key).status, 200, "round {round}");
         }
-        let r = b.mgmt(
-            "DELETE",
-            &format!("/human/v0/inboxes/{SUPPORT}/api-keys/{id}"),
-            ADMIN_TOKEN,
-            None,
-        );
+        let r = b.delete_key(SUPPORT, id);
         assert_eq!(r.status, 204);
         // B evicted before its 204; A and C follow through the revocation log.
         assert_eq!(b.call("GET", P, key).status, 401);
@@ -133,12 +128,7 @@ fn a_killed_listener_misses_no_revocation() {
             .get(0)
         });
         assert_eq!(killed, 2);
-        let r = b.mgmt(
-            "DELETE",
-            &format!("/human/v0/inboxes/{SUPPORT}/api-keys/{id}"),
-            ADMIN_TOKEN,
-            None,
-        );
+        let r = b.delete_key(SUPPORT, &id);
         assert_eq!(r.status, 204);
         // Within the staleness bound (2 s) plus one reconnect.
         refused_within(a, &key, Duration::from_secs(4));

@@ -266,12 +266,7 @@ fn deleted_key_is_refused_on_the_very_next_request() {
     for _ in 0..3 {
         assert_eq!(g.call("GET", p, &key).status, 200);
     }
-    let r = g.mgmt(
-        "DELETE",
-        &format!("/human/v0/inboxes/{SUPPORT}/api-keys/{id}"),
-        ADMIN_TOKEN,
-        None,
-    );
+    let r = g.delete_key(SUPPORT, &id);
     assert_eq!(r.status, 204);
     let r = g.call("GET", p, &key);
     assert_eq!(r.status, 401);

@@ -328,6 +328,16 @@ listen = "127.0.0.1:{mport}"
     }
 
     /// A proxied request with an API key.
+    /// Deletes a key through the management API (admin token).
+    pub fn delete_key(&self, inbox: &str, api_key_id: &str) -> Resp {
+        self.mgmt(
+            "DELETE",
+            &format!("/human/v0/inboxes/{inbox}/api-keys/{api_key_id}"),
+            ADMIN_TOKEN,
+            None,
+        )
+    }
+
     pub fn call(&self, method: &str, target: &str, key: &str) -> Resp {
         let auth = format!("Bearer {key}");
         self.req(method, target, &[("Authorization", &auth)], None)
