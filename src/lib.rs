@@ -17,6 +17,7 @@ pub mod permissions;
 pub mod proxy;
 pub mod store;
 pub mod target;
+pub mod tls;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -118,6 +119,24 @@ fn page_token_key(
     }
     Ok(store::cursor::PageTokenKey::new(&secret))
 }
+
+/// HTTP/2 limits towards clients. The h2 crate also bounds CONTINUATION frames per header
+/// block (from the header-list size) and answers a flood of resets with GOAWAY.
+fn h2_options(config: &Config) -> pingora::protocols::http::v2::server::H2Options {
+    let mut o = pingora::protocols::http::v2::server::default_h2_options();
+    o.max_concurrent_streams(config.server.http2.max_concurrent_streams)
+        .max_header_list_size(config.limits.max_header_bytes as u32)
+        // Streams reset by the client before the gateway took them (CVE-2023-44487): past
+        // this many at once, the connection gets GOAWAY ENHANCE_YOUR_CALM.
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        // Streams the gateway had to reset for the client's protocol errors.
+        .max_local_error_reset_streams(Some(H2_MAX_ERROR_RESETS));
+    o
+}
+
+/// See `h2_options`.
+pub const H2_MAX_PENDING_RESETS: usize = 20;
+pub const H2_MAX_ERROR_RESETS: usize = 200;
 
 /// Builds the pingora server with every service: proxy + management listener, metrics
 /// listener, used_at flusher and upstream health checks.
@@ -230,9 +249,33 @@ pub fn build(config: Config) -> Result<Built, StartError> {
     };
     let mut app = pingora::proxy::HttpProxy::new(gateway, server.configuration.clone());
     app.handle_init_modules();
+    let h2 = &config.server.http2;
+    let mut server_options = pingora::apps::HttpServerOptions::default();
+    server_options.h2c = h2.cleartext;
+    server_options.h2_idle_timeout = Some(h2.idle_timeout);
+    app.server_options = Some(server_options);
+    app.h2_options = Some(h2_options(&config));
+    let front_door = match &config.server.tls {
+        Some(settings) => {
+            let door = tls::FrontDoor::new(settings, metrics.clone())
+                .map_err(|e| StartError::Server(e.to_string()))?;
+            server.add_service(background_service(
+                "certificate watcher",
+                tls::CertWatcher {
+                    cert: door.cert(),
+                    interval: settings.reload_interval,
+                    metrics: metrics.clone(),
+                },
+            ));
+            Some(Arc::new(door))
+        }
+        None => None,
+    };
     let mut proxy = Service::new(
         "agentry-gateway".to_owned(),
-        header_deadline::HeaderDeadline::new(app, config.server.header_read_timeout),
+        header_deadline::HeaderDeadline::new(app, config.server.header_read_timeout)
+            .with_tls(front_door)
+            .with_h2c(h2.cleartext),
     );
     proxy.add_tcp(&config.server.listen.to_string());
     server.add_service(proxy);

@@ -96,6 +96,23 @@ label_enum!(
     }
 );
 
+label_enum!(
+    /// How a TLS handshake with a client ended.
+    TlsHandshake {
+        Ok => "ok",
+        Failed => "failed",
+        TimedOut => "timeout",
+    }
+);
+
+label_enum!(
+    /// What a check of changed certificate files did.
+    TlsReload {
+        Rotated => "rotated",
+        Refused => "refused",
+    }
+);
+
 /// One handle per value of `L`, with `prefix` labels before it, indexed by `L::index()`.
 fn handles<L: Label>(vec: &IntCounterVec, prefix: &[&str]) -> Vec<IntCounter> {
     L::ALL
@@ -156,6 +173,11 @@ pub struct Metrics {
     pub store_pool_in_use: IntGauge,
     pub store_pool_idle: IntGauge,
     pub store_pool_waiting: IntGauge,
+    /// The serving certificate's notAfter (Unix seconds); absent without TLS.
+    tls_cert_expiry: IntGauge,
+    tls_cert_expiry_shown: std::sync::atomic::AtomicBool,
+    tls_handshakes: Vec<IntCounter>,
+    tls_reloads: Vec<IntCounter>,
 }
 
 /// Registers a metric: the one place a bad definition (a bug, caught by the first test run)
@@ -359,8 +381,36 @@ impl Metrics {
                 &["state"],
             ),
         );
+        let tls_handshakes = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    name("tls_handshakes_total"),
+                    "TLS handshakes with clients, by result",
+                ),
+                &["result"],
+            ),
+        );
+        let tls_reloads = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    name("tls_cert_reloads_total"),
+                    "Changed certificate files found: put in service, or refused (the old pair stays)",
+                ),
+                &["result"],
+            ),
+        );
+        let tls_cert_expiry = IntGauge::new(
+            name("tls_cert_expiry_timestamp_seconds"),
+            "When the certificate served to clients expires (Unix time)",
+        );
 
         Metrics {
+            tls_cert_expiry: tls_cert_expiry.expect("metric definitions are valid"),
+            tls_cert_expiry_shown: Default::default(),
+            tls_handshakes: handles::<TlsHandshake>(&tls_handshakes, &[]),
+            tls_reloads: handles::<TlsReload>(&tls_reloads, &[]),
             revocation_lag,
             revocation_events,
             revocation_listener_up,
@@ -400,6 +450,25 @@ impl Metrics {
 
     pub fn management(&self, route: ManagementRoute) -> &ByStatusClass {
         &self.management_requests[route.index()]
+    }
+
+    pub fn tls_handshake(&self, r: TlsHandshake) {
+        self.tls_handshakes[r.index()].inc();
+    }
+
+    pub fn tls_reload(&self, r: TlsReload) {
+        self.tls_reloads[r.index()].inc();
+    }
+
+    /// Shows the serving certificate's expiry; the series exists only once TLS is on.
+    pub fn set_tls_cert_expiry(&self, not_after: i64) {
+        if !self
+            .tls_cert_expiry_shown
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            register(&self.registry, Ok(self.tls_cert_expiry.clone()));
+        }
+        self.tls_cert_expiry.set(not_after);
     }
 
     pub fn reject(&self, r: Rejection) {

@@ -44,6 +44,29 @@ pub(super) struct FileServer {
     pub(super) upgrade_sock: Option<String>,
     #[serde(default)]
     pub(super) trusted_proxies: Vec<String>,
+    pub(super) tls: Option<FileTls>,
+    #[serde(default)]
+    pub(super) http2: FileHttp2,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileTls {
+    pub(super) cert_path: String,
+    pub(super) key_path: String,
+    pub(super) min_version: Option<String>,
+    pub(super) client_ca_path: Option<String>,
+    pub(super) reload_interval_ms: Option<u64>,
+    pub(super) handshake_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileHttp2 {
+    pub(super) enabled: Option<bool>,
+    pub(super) cleartext: Option<bool>,
+    pub(super) max_concurrent_streams: Option<u32>,
+    pub(super) idle_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -153,6 +176,13 @@ pub(super) struct FileUpstream {
     pub(super) connect_timeout_ms: Option<u64>,
     pub(super) read_timeout_ms: Option<u64>,
     pub(super) write_timeout_ms: Option<u64>,
+    pub(super) tls: Option<bool>,
+    pub(super) sni: Option<String>,
+    pub(super) verify: Option<bool>,
+    pub(super) ca_path: Option<String>,
+    pub(super) client_cert_path: Option<String>,
+    pub(super) client_key_path: Option<String>,
+    pub(super) http2: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -41,6 +41,9 @@ pub const DEFAULT_REVOCATION_MAX_STALENESS_MS: u64 = 2000;
 pub const DEFAULT_REVOCATION_LOG_RETENTION_SECS: u64 = 86_400;
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
+pub const DEFAULT_TLS_RELOAD_INTERVAL_MS: u64 = 10_000;
+pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+pub const DEFAULT_H2_IDLE_TIMEOUT_MS: u64 = 60_000;
 /// SHA-256 of `agm_quickstart_change_me`, the token of the shipped example config. The
 /// gateway warns at start-up while it is configured.
 pub const QUICKSTART_TOKEN_SHA256: &str =

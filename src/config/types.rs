@@ -57,6 +57,21 @@ pub struct ServerConfig {
     pub pid_file: Option<String>,
     pub upgrade_sock: Option<String>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `None`: plaintext HTTP (behind a TLS-terminating balancer, or on loopback).
+    pub tls: Option<crate::tls::FrontDoorSettings>,
+    pub http2: Http2Config,
+}
+
+/// HTTP/2 towards clients.
+#[derive(Debug, Clone)]
+pub struct Http2Config {
+    /// Offer HTTP/2 by ALPN on the TLS listener.
+    pub enabled: bool,
+    /// Accept HTTP/2 with prior knowledge (h2c) on a plaintext listener.
+    pub cleartext: bool,
+    pub max_concurrent_streams: u32,
+    /// A connection with no request in flight is closed after this long.
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -139,6 +154,10 @@ pub struct UpstreamConfig {
     pub read_timeout: Duration,
     /// `None`: writes to the upstream are not timed (each timed write costs a timer).
     pub write_timeout: Option<Duration>,
+    /// `None`: plaintext HTTP/1.1 to the upstream.
+    pub tls: Option<crate::tls::upstream::UpstreamTls>,
+    /// Speak HTTP/2 to the upstream (negotiated by ALPN; TLS only).
+    pub http2: bool,
 }
 
 #[derive(Debug, Clone)]

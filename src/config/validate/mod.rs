@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod routes;
@@ -115,6 +115,19 @@ impl Validator<'_> {
                 })?;
             trusted_proxies.push(net);
         }
+        let header_read_timeout_ms = self.positive(
+            "server.header_read_timeout_ms",
+            s.header_read_timeout_ms
+                .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT_MS),
+        )?;
+        let mut tls = match s.tls {
+            Some(t) => Some(self.tls(t, header_read_timeout_ms)?),
+            None => None,
+        };
+        let http2 = self.http2(s.http2, tls.is_some())?;
+        if let Some(t) = tls.as_mut() {
+            t.http2 = http2.enabled;
+        }
         let pool = s
             .upstream_keepalive_pool_size
             .unwrap_or(DEFAULT_UPSTREAM_KEEPALIVE_POOL_SIZE);
@@ -130,16 +143,109 @@ impl Validator<'_> {
             ),
             upstream_keepalive_pool_size: pool,
             work_stealing: s.work_stealing.unwrap_or(true),
-            header_read_timeout: Duration::from_millis(
-                self.positive(
-                    "server.header_read_timeout_ms",
-                    s.header_read_timeout_ms
-                        .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT_MS),
-                )?,
-            ),
+            header_read_timeout: Duration::from_millis(header_read_timeout_ms),
             pid_file: s.pid_file,
             upgrade_sock: s.upgrade_sock,
             trusted_proxies,
+            tls,
+            http2,
+        })
+    }
+
+    /// `[server.tls]`: the files must be readable, parse, belong together and be valid now.
+    fn tls(
+        &self,
+        t: FileTls,
+        header_read_timeout_ms: u64,
+    ) -> Result<crate::tls::FrontDoorSettings, ConfigError> {
+        use crate::tls::MinVersion;
+        let min_version = match t.min_version.as_deref() {
+            None | Some("1.2") => MinVersion::Tls12,
+            Some("1.3") => MinVersion::Tls13,
+            Some(other) => {
+                return Err(self.err(
+                    "server.tls.min_version",
+                    format!("{other:?} is not supported: write \"1.2\" (the default) or \"1.3\"; TLS 1.0 and 1.1 are never accepted"),
+                ))
+            }
+        };
+        let cert_path = PathBuf::from(&t.cert_path);
+        let key_path = PathBuf::from(&t.key_path);
+        self.pair(
+            "server.tls.cert_path",
+            "server.tls.key_path",
+            &cert_path,
+            &key_path,
+        )?;
+        let client_ca_path = t.client_ca_path.map(PathBuf::from);
+        if let Some(ca) = &client_ca_path {
+            crate::tls::material::roots(ca)
+                .map_err(|e| self.err("server.tls.client_ca_path", e.to_string()))?;
+        }
+        let reload = self.positive(
+            "server.tls.reload_interval_ms",
+            t.reload_interval_ms
+                .unwrap_or(DEFAULT_TLS_RELOAD_INTERVAL_MS),
+        )?;
+        let handshake = self.positive(
+            "server.tls.handshake_timeout_ms",
+            t.handshake_timeout_ms.unwrap_or(header_read_timeout_ms),
+        )?;
+        Ok(crate::tls::FrontDoorSettings {
+            cert_path,
+            key_path,
+            min_version,
+            client_ca_path,
+            http2: true,
+            handshake_timeout: Duration::from_millis(handshake),
+            reload_interval: Duration::from_millis(reload),
+        })
+    }
+
+    /// A certificate and its key: the error names the field of the file at fault.
+    pub(super) fn pair(
+        &self,
+        cert_field: &str,
+        key_field: &str,
+        cert: &Path,
+        key: &Path,
+    ) -> Result<(), ConfigError> {
+        use crate::tls::material::{load_pair, unix_now, MaterialError as M};
+        load_pair(cert, key, unix_now()).map(drop).map_err(|e| {
+            let field = match &e {
+                M::Read { path, .. } if path == key => key_field,
+                M::NoKey { .. } | M::BadKey { .. } | M::Mismatch { .. } => key_field,
+                _ => cert_field,
+            };
+            self.err(field, e.to_string())
+        })
+    }
+
+    fn http2(&self, h: FileHttp2, tls: bool) -> Result<Http2Config, ConfigError> {
+        let cleartext = h.cleartext.unwrap_or(false);
+        if cleartext && tls {
+            return Err(self.err(
+                "server.http2.cleartext",
+                "applies only to a plaintext listener; with [server.tls] HTTP/2 is negotiated by ALPN (server.http2.enabled)",
+            ));
+        }
+        let streams = h
+            .max_concurrent_streams
+            .unwrap_or(DEFAULT_H2_MAX_CONCURRENT_STREAMS);
+        if !(1..=10_000).contains(&streams) {
+            return Err(self.err(
+                "server.http2.max_concurrent_streams",
+                "must be between 1 and 10000",
+            ));
+        }
+        Ok(Http2Config {
+            enabled: h.enabled.unwrap_or(true),
+            cleartext,
+            max_concurrent_streams: streams,
+            idle_timeout: Duration::from_millis(self.positive(
+                "server.http2.idle_timeout_ms",
+                h.idle_timeout_ms.unwrap_or(DEFAULT_H2_IDLE_TIMEOUT_MS),
+            )?),
         })
     }
 

@@ -1,6 +1,7 @@
 //! Validating upstream groups and routes (templates, their upstream, what each method needs).
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::super::file::*;
@@ -39,6 +40,8 @@ impl Validator<'_> {
                     "must list at least one IP:port (e.g. [\"127.0.0.1:3000\"])",
                 ));
             }
+            let http2 = u.http2.unwrap_or(false);
+            let tls = self.upstream_tls(i, &u)?;
             let mut addresses = Vec::with_capacity(u.addresses.len());
             for (j, a) in u.addresses.iter().enumerate() {
                 addresses.push(self.socket_addr(&format!("upstreams[{i}].addresses[{j}]"), a)?);
@@ -78,7 +81,15 @@ impl Validator<'_> {
                 )),
                 None => None,
             };
+            if http2 && tls.is_none() {
+                return Err(self.err(
+                    field("http2"),
+                    "needs tls = true: HTTP/2 to an upstream is negotiated by ALPN over TLS",
+                ));
+            }
             out.push(UpstreamConfig {
+                tls,
+                http2,
                 name: u.name,
                 addresses,
                 health_check_path,
@@ -89,6 +100,72 @@ impl Validator<'_> {
             });
         }
         Ok(out)
+    }
+
+    /// An upstream group's TLS keys: only with `tls = true`, which needs `sni`.
+    fn upstream_tls(
+        &self,
+        i: usize,
+        u: &FileUpstream,
+    ) -> Result<Option<crate::tls::upstream::UpstreamTls>, ConfigError> {
+        let field = |f: &str| format!("upstreams[{i}].{f}");
+        if !u.tls.unwrap_or(false) {
+            let set = [
+                ("sni", u.sni.is_some()),
+                ("verify", u.verify.is_some()),
+                ("ca_path", u.ca_path.is_some()),
+                ("client_cert_path", u.client_cert_path.is_some()),
+                ("client_key_path", u.client_key_path.is_some()),
+            ];
+            if let Some((name, _)) = set.iter().find(|(_, s)| *s) {
+                return Err(self.err(
+                    field(name),
+                    "applies only with tls = true (add it, or remove this key)",
+                ));
+            }
+            return Ok(None);
+        }
+        let sni = match u.sni.as_deref() {
+            Some(s) if !s.is_empty() && s.len() <= 253 && s.bytes().all(|b| b.is_ascii_graphic()) => {
+                s.to_owned()
+            }
+            _ => {
+                return Err(self.err(
+                    field("sni"),
+                    "required with tls = true: the host name the upstream's certificate is issued for, e.g. \"inbox.internal\"",
+                ))
+            }
+        };
+        let ca_path = u.ca_path.as_ref().map(PathBuf::from);
+        if let Some(ca) = &ca_path {
+            crate::tls::material::certificates(ca)
+                .map_err(|e| self.err(field("ca_path"), e.to_string()))?;
+        }
+        let client_cert = match (&u.client_cert_path, &u.client_key_path) {
+            (None, None) => None,
+            (Some(c), Some(k)) => {
+                let (c, k) = (PathBuf::from(c), PathBuf::from(k));
+                self.pair(
+                    &field("client_cert_path"),
+                    &field("client_key_path"),
+                    &c,
+                    &k,
+                )?;
+                Some((c, k))
+            }
+            (Some(_), None) => {
+                return Err(self.err(field("client_key_path"), "required with client_cert_path"))
+            }
+            (None, Some(_)) => {
+                return Err(self.err(field("client_cert_path"), "required with client_key_path"))
+            }
+        };
+        Ok(Some(crate::tls::upstream::UpstreamTls {
+            sni,
+            verify: u.verify.unwrap_or(true),
+            ca_path,
+            client_cert,
+        }))
     }
 
     fn requirements(

@@ -7,6 +7,13 @@
 //! (up to its blank line) must arrive within the deadline or the read fails and the connection
 //! closes. The clock stops at the end of the head (bodies stream at their own pace) and
 //! starts again with the first byte after the response began.
+//!
+//! On HTTP/2 (ALPN `h2`, or prior knowledge when `server.http2.cleartext` is on) the same
+//! deadline covers each header block (HEADERS and its CONTINUATION frames) and every other
+//! frame except DATA payloads; see `h2_frames`. The listener's TLS handshake, when TLS is on,
+//! happens here too, before any of this (see `crate::tls`).
+
+mod h2_frames;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,6 +23,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
+use pingora::protocols::ALPN;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
     UniqueIDType,
@@ -24,10 +32,16 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+/// The HTTP/2 client connection preface.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// Wraps a server app so each connection's request heads are read against a deadline.
 pub struct HeaderDeadline<A> {
     inner: Arc<A>,
     limit: Duration,
+    tls: Option<Arc<crate::tls::FrontDoor>>,
+    /// Accept HTTP/2 with prior knowledge on plaintext connections.
+    h2c: bool,
 }
 
 impl<A> HeaderDeadline<A> {
@@ -35,6 +49,31 @@ impl<A> HeaderDeadline<A> {
         HeaderDeadline {
             inner: Arc::new(inner),
             limit,
+            tls: None,
+            h2c: false,
+        }
+    }
+
+    /// Terminates TLS on every new connection before anything else.
+    pub fn with_tls(mut self, tls: Option<Arc<crate::tls::FrontDoor>>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Takes plaintext connections that open with the HTTP/2 preface as HTTP/2.
+    pub fn with_h2c(mut self, h2c: bool) -> Self {
+        self.h2c = h2c;
+        self
+    }
+
+    /// Whether a plaintext connection opens with the HTTP/2 preface (read within the
+    /// deadline; a client that sends nothing is closed).
+    async fn opens_with_h2_preface(&self, stream: &mut Stream) -> Option<bool> {
+        let mut buf = [0u8; 24];
+        match tokio::time::timeout(self.limit, stream.try_peek(&mut buf)).await {
+            Ok(Ok(true)) => Some(&buf == H2_PREFACE),
+            Ok(Ok(false)) => Some(false),
+            Ok(Err(_)) | Err(_) => None,
         }
     }
 }
@@ -47,11 +86,19 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         // A reused keep-alive connection comes back already wrapped.
-        let stream: Stream = if stream.as_any().is::<DeadlineStream>() {
-            stream
-        } else {
-            Box::new(DeadlineStream::new(stream, self.limit))
+        if stream.as_any().is::<DeadlineStream>() {
+            return self.inner.process_new(stream, shutdown).await;
+        }
+        let mut stream = match &self.tls {
+            Some(tls) => tls.accept(stream).await?,
+            None => stream,
         };
+        let h2 = match stream.selected_alpn_proto() {
+            Some(ALPN::H2) => true,
+            _ if self.h2c && self.tls.is_none() => self.opens_with_h2_preface(&mut stream).await?,
+            _ => false,
+        };
+        let stream: Stream = Box::new(DeadlineStream::new(stream, self.limit, h2));
         self.inner.process_new(stream, shutdown).await
     }
 
@@ -127,7 +174,11 @@ pub struct DeadlineStream {
     limit: Duration,
     phase: Phase,
     line: RequestLine,
+    /// `Some` on an HTTP/2 connection: its frame scanner replaces `phase` and `line`.
+    h2: Option<h2_frames::FrameScan>,
+    /// The deadline, when armed; the timer is allocated once per connection and reset.
     timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
 }
 
 impl std::fmt::Debug for DeadlineStream {
@@ -140,14 +191,29 @@ impl std::fmt::Debug for DeadlineStream {
 }
 
 impl DeadlineStream {
-    fn new(inner: Stream, limit: Duration) -> DeadlineStream {
+    fn new(inner: Stream, limit: Duration, h2: bool) -> DeadlineStream {
         DeadlineStream {
             inner,
             limit,
             phase: Phase::Fresh,
             line: RequestLine::Before,
+            h2: h2.then(h2_frames::FrameScan::default),
             timer: None,
+            armed: false,
         }
+    }
+
+    /// Starts the clock (if it is not already running).
+    fn arm(&mut self) {
+        if self.armed {
+            return;
+        }
+        let deadline = Instant::now() + self.limit;
+        match self.timer.as_mut() {
+            Some(t) => t.as_mut().reset(deadline),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+        self.armed = true;
     }
 
     /// Feeds freshly read bytes to the head scanner; the clock starts with the first byte.
@@ -155,16 +221,29 @@ impl DeadlineStream {
         if bytes.is_empty() {
             return;
         }
+        if let Some(scan) = self.h2.as_mut() {
+            scan.feed(bytes);
+            // Whatever is still incomplete began in these bytes or is already on the clock.
+            if scan.head_pending() {
+                self.arm();
+            } else {
+                self.armed = false;
+            }
+            return;
+        }
         if self.phase == Phase::Fresh {
-            self.timer = Some(Box::pin(tokio::time::sleep_until(
-                Instant::now() + self.limit,
-            )));
+            self.arm();
         }
         self.line = scan_line(self.line, bytes);
         self.phase = scan(self.phase, bytes);
         if self.phase == Phase::Body {
-            self.timer = None;
+            self.armed = false;
         }
+    }
+
+    /// Whether this read should go through the scanner.
+    fn scanning(&self) -> bool {
+        self.h2.is_some() || self.phase != Phase::Body
     }
 }
 
@@ -209,14 +288,15 @@ impl AsyncRead for DeadlineStream {
         let before = buf.filled().len();
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if self.phase != Phase::Body {
+                if self.scanning() {
                     self.as_mut().get_mut().saw(&buf.filled()[before..]);
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                if let Some(timer) = self.timer.as_mut() {
+                let armed = self.armed;
+                if let Some(timer) = self.timer.as_mut().filter(|_| armed) {
                     if timer.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Err(std::io::Error::new(
                             std::io::ErrorKind::TimedOut,
@@ -282,7 +362,19 @@ impl UniqueID for DeadlineStream {
     }
 }
 
-impl Ssl for DeadlineStream {}
+impl Ssl for DeadlineStream {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
 
 impl GetTimingDigest for DeadlineStream {
     fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
