@@ -211,7 +211,7 @@ fn walk_during_concurrent_creates_and_deletes() {
             stable.push(id);
         }
     }
-    let addr = g.addr;
+    let client = g.client();
     let writer = std::thread::spawn(move || {
         for (i, id) in doomed.iter().enumerate() {
             let auth = format!("Bearer {ADMIN_TOKEN}");
@@ -219,8 +219,7 @@ fn walk_during_concurrent_creates_and_deletes() {
                 ("Authorization", auth.as_str()),
                 ("Content-Type", "application/json"),
             ];
-            let r = request(
-                addr,
+            let r = client.req(
                 "DELETE",
                 &format!("{}/{id}", keys_path(SUPPORT)),
                 &h[..1],
@@ -228,7 +227,7 @@ fn walk_during_concurrent_creates_and_deletes() {
             );
             assert_eq!(r.status, 204);
             let body = format!(r#"{{"name":"new{i}"}}"#);
-            let r = request(addr, "POST", &keys_path(SUPPORT), &h, Some(body.as_bytes()));
+            let r = client.req("POST", &keys_path(SUPPORT), &h, Some(body.as_bytes()));
             assert_eq!(r.status, 201);
         }
     });

@@ -19,6 +19,63 @@ pub struct Gateway {
     args: Vec<String>,
     /// The PostgreSQL database this gateway uses (kept alive while it runs).
     pub pg: Option<Arc<TestDb>>,
+    /// On the HTTP/2 transport: the CA of the listener's certificate and the client config.
+    pub tls: Option<GatewayTls>,
+}
+
+/// The TLS side of a gateway started on the HTTP/2 transport.
+pub struct GatewayTls {
+    pub pki: Pki,
+    pub h2: Arc<rustls::ClientConfig>,
+}
+
+/// Sends requests on the transport of the gateway it came from.
+#[derive(Clone)]
+pub struct Client {
+    addr: SocketAddr,
+    h2: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Client {
+    pub fn req(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Resp {
+        match &self.h2 {
+            Some(config) => h2_request(self.addr, config.clone(), method, target, headers, body),
+            None => request(self.addr, method, target, headers, body),
+        }
+    }
+}
+
+/// A connection for several requests in a row.
+pub enum Conn {
+    H1(KeepAlive),
+    H2(
+        tokio::runtime::Runtime,
+        h2::client::SendRequest<bytes::Bytes>,
+    ),
+}
+
+impl Conn {
+    pub fn send(&mut self, method: &str, target: &str, headers: &[(&str, &str)]) -> Resp {
+        match self {
+            Conn::H1(c) => c.send(method, target, headers),
+            Conn::H2(rt, send) => rt.block_on(h2_send(send, method, target, headers, None)),
+        }
+    }
+}
+
+/// How the suites talk to the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// HTTP/1.1 in plaintext.
+    Plain,
+    /// HTTP/2 over TLS (ALPN h2).
+    H2,
 }
 
 /// Which store the gateways of the current test use.
@@ -29,6 +86,7 @@ pub enum Backend {
 }
 
 thread_local! {
+    static TRANSPORT: std::cell::Cell<Transport> = const { std::cell::Cell::new(Transport::Plain) };
     static BACKEND: std::cell::Cell<Backend> = const { std::cell::Cell::new(Backend::Sqlite) };
     static TEST_NAME: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
@@ -36,6 +94,17 @@ thread_local! {
 /// The backend of the current test.
 pub fn backend() -> Backend {
     BACKEND.with(|b| b.get())
+}
+
+/// The transport of the current test.
+pub fn transport() -> Transport {
+    TRANSPORT.with(|t| t.get())
+}
+
+/// Runs a test body against gateways that serve TLS, with every request on HTTP/2.
+pub fn run_on_h2(body: fn()) {
+    TRANSPORT.with(|t| t.set(Transport::H2));
+    body();
 }
 
 /// Runs a test body with every gateway it starts on a PostgreSQL database of its own (or, with
@@ -51,12 +120,16 @@ pub fn run_on_postgres(test: &str, body: fn()) {
 }
 
 /// Generates, for each named test body (a plain `fn()`), a `sqlite::name` and a
-/// `postgres::name` test: the same assertions against both stores.
+/// `postgres::name` test: the same assertions against both stores, and an `h2::name` test:
+/// the same assertions over HTTP/2 and TLS (on SQLite).
 #[macro_export]
 macro_rules! on_every_store {
     ($($name:ident),+ $(,)?) => {
         mod sqlite {
             $( #[test] fn $name() { super::$name() } )+
+        }
+        mod h2 {
+            $( #[test] fn $name() { $crate::common::run_on_h2(super::$name) } )+
         }
         mod postgres {
             $(
@@ -132,6 +205,23 @@ impl Gateway {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mport = free_port();
+        let tls = (transport() == Transport::H2).then(|| {
+            let pki = Pki::new("gateway test CA");
+            let (cert, key) = pki
+                .issue(&["localhost", "127.0.0.1"])
+                .write(dir.path(), "listener");
+            let h2 = client_config(&pki.ca_pem, &[b"h2"], BOTH_VERSIONS, None);
+            let section = format!(
+                "[server.tls]\ncert_path = \"{}\"\nkey_path = \"{}\"\n",
+                cert.display(),
+                key.display()
+            );
+            (GatewayTls { pki, h2 }, section)
+        });
+        let server_extra = match &tls {
+            Some((_, section)) => format!("{server_extra}\n{section}"),
+            None => server_extra.to_owned(),
+        };
         let config = format!(
             r#"
 [server]
@@ -165,6 +255,7 @@ listen = "127.0.0.1:{mport}"
         );
         let mut g = Gateway::launch(dir, &config, port, mport, &[]);
         g.pg = store.db();
+        g.tls = tls.map(|(t, _)| t);
         g
     }
 
@@ -188,6 +279,7 @@ listen = "127.0.0.1:{mport}"
             starts: 0,
             args: args.iter().map(|a| a.to_string()).collect(),
             pg: None,
+            tls: None,
         };
         g.spawn();
         g
@@ -302,7 +394,31 @@ listen = "127.0.0.1:{mport}"
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> Resp {
-        request(self.addr, method, target, headers, body)
+        self.client().req(method, target, headers, body)
+    }
+
+    /// A handle that sends requests the way this gateway's transport does, from any thread.
+    pub fn client(&self) -> Client {
+        Client {
+            addr: self.addr,
+            h2: self.tls.as_ref().map(|t| t.h2.clone()),
+        }
+    }
+
+    /// A connection kept open for several requests (keep-alive HTTP/1.1, or one HTTP/2
+    /// connection with a stream per request).
+    pub fn keep_alive(&self) -> Conn {
+        match &self.tls {
+            None => Conn::H1(KeepAlive::connect(self.addr)),
+            Some(t) => {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let send = rt.block_on(h2_connect(self.addr, t.h2.clone()));
+                Conn::H2(rt, send)
+            }
+        }
     }
 
     /// A management call with a bearer token and (for bodies) JSON content type.

@@ -7,11 +7,13 @@
 mod gateway;
 mod http;
 mod pgdb;
+mod tls;
 mod upstream;
 
 pub use gateway::*;
 pub use http::*;
 pub use pgdb::*;
+pub use tls::*;
 pub use upstream::*;
 
 use std::net::TcpListener;
