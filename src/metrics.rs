@@ -91,6 +91,7 @@ label_enum!(
         Refused => "refused",
         Reset => "reset",
         Timeout => "timeout",
+        Tls => "tls",
         NoHealthyBackend => "no_healthy_backend",
         Other => "other",
     }

@@ -255,7 +255,12 @@ fn hostile_paths_never_reach_the_upstream() {
     // Authority-form (CONNECT).
     if h2 {
         let r = g.call("CONNECT", "gateway:443", &key);
-        assert!(r.status == 400 || r.status == 405, "{}: {}", r.status, r.text());
+        assert!(
+            r.status == 400 || r.status == 405,
+            "{}: {}",
+            r.status,
+            r.text()
+        );
     } else {
         let raw = format!(
             "CONNECT gateway:443 HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {key}\r\n\r\n"

@@ -60,6 +60,12 @@ pub(super) fn classify(etype: &ErrorType, source: &ErrorSource) -> Failure {
             (Some(&answer::UPSTREAM_TIMEOUT), UpstreamError::Timeout)
         }
         ConnectRefused => (Some(&answer::UPSTREAM_ERROR), UpstreamError::Refused),
+        // The upstream's certificate did not verify, or the handshake failed.
+        TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | HandshakeError
+            if *source == ErrorSource::Upstream =>
+        {
+            (Some(&answer::UPSTREAM_ERROR), UpstreamError::Tls)
+        }
         ConnectionClosed | ReadError | WriteError if *source == ErrorSource::Upstream => {
             (Some(&answer::UPSTREAM_ERROR), UpstreamError::Reset)
         }
@@ -118,6 +124,18 @@ mod tests {
                 &up,
                 Some(502),
                 Some(UpstreamError::Refused),
+            ),
+            (
+                ErrorType::TLSHandshakeFailure,
+                &up,
+                Some(502),
+                Some(UpstreamError::Tls),
+            ),
+            (
+                ErrorType::InvalidCert,
+                &up,
+                Some(502),
+                Some(UpstreamError::Tls),
             ),
             (
                 ErrorType::ConnectionClosed,

@@ -8,12 +8,14 @@ mod gateway;
 mod http;
 mod pgdb;
 mod tls;
+mod tls_upstream;
 mod upstream;
 
 pub use gateway::*;
 pub use http::*;
 pub use pgdb::*;
 pub use tls::*;
+pub use tls_upstream::*;
 pub use upstream::*;
 
 use std::net::TcpListener;

@@ -59,9 +59,10 @@ impl Pki {
         let mut params =
             CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, names.first().copied().unwrap_or("client"));
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().copied().unwrap_or("client"),
+        );
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now + time::Duration::days(from_days);
         params.not_after = now + time::Duration::days(to_days);
@@ -127,8 +128,9 @@ pub fn tls_connect(
 ) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
     let tcp = TcpStream::connect(addr)?;
     tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let conn = rustls::ClientConnection::new(config, ServerName::try_from(name.to_owned()).unwrap())
-        .map_err(std::io::Error::other)?;
+    let conn =
+        rustls::ClientConnection::new(config, ServerName::try_from(name.to_owned()).unwrap())
+            .map_err(std::io::Error::other)?;
     let mut s = rustls::StreamOwned::new(conn, tcp);
     while s.conn.is_handshaking() {
         s.conn.complete_io(&mut s.sock)?;
