@@ -103,8 +103,13 @@ pub fn transport() -> Transport {
 
 /// Runs a test body against gateways that serve TLS, with every request on HTTP/2.
 pub fn run_on_h2(body: fn()) {
-    TRANSPORT.with(|t| t.set(Transport::H2));
+    set_transport(Transport::H2);
     body();
+}
+
+/// Sets the transport of the gateways this test (thread) starts from now on.
+pub fn set_transport(transport: Transport) {
+    TRANSPORT.with(|t| t.set(transport));
 }
 
 /// Runs a test body with every gateway it starts on a PostgreSQL database of its own (or, with
