@@ -122,7 +122,7 @@ async fn read_frames(
                 return (frames, false);
             }
         }
-        let mut chunk = [0u8; 16384];
+        let mut chunk = vec![0u8; 16384];
         match tokio::time::timeout_at(deadline, tls.read(&mut chunk)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return (frames, true),
             Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
