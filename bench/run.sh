@@ -18,4 +18,5 @@ if [ ${#need[@]} -gt 0 ]; then
   service haproxy stop >/dev/null 2>&1 || true
 fi
 cargo build --release --bin agentry-gateway --example pingora_passthrough --example bench_seed
+[ "${BENCH_SETUP_ONLY:-}" = 1 ] && exit 0  # bench/tls.sh reuses the set-up above
 exec python3 bench/run.py "$@"
