@@ -139,6 +139,8 @@ def run(scenario, tool, n, d, up_port):
     out = os.path.join(d, f"{scenario}-{tool}-{n}.out")
     if tool == "callgrind":
         vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+    elif tool == "dhat":
+        vg = ["valgrind", "--tool=dhat", f"--dhat-out-file={out}"]
     else:
         vg = ["valgrind", "--leak-check=no"]
     if scenario == "S4":
@@ -170,6 +172,8 @@ def run(scenario, tool, n, d, up_port):
             p.wait()
         log.close()
     text = open(os.path.join(d, f"{scenario}-{tool}-{n}.log")).read()
+    if tool == "dhat":
+        return None, out
     if tool == "memcheck":
         m = re.search(r"total heap usage: ([\d,]+) allocs", text)
         if not m:
@@ -180,6 +184,29 @@ def run(scenario, tool, n, d, up_port):
             if line.startswith("totals:") or line.startswith("summary:"):
                 return int(line.split()[1]), out
     raise RuntimeError(f"no callgrind totals for {scenario} {n}")
+
+
+# Frames that are the allocator or a container growing, not the code that asked.
+PLUMBING = re.compile(r"alloc::|__rust|malloc|realloc|calloc|RawVec|raw_vec|hashbrown::raw|"
+                      r"bytes::bytes_mut|bytes::bytes::|<alloc|core::ptr|vec::Vec|::clone|"
+                      r"from_iter|::extend|::reserve|::with_capacity|::to_vec|::to_owned|"
+                      r"String::from|::into|::push|::collect")
+
+
+def allocation_sites(path, n, depth):
+    """Heap blocks per request by allocating call site: the first `depth` frames above the
+    allocator plumbing, from a dhat profile of `n` requests (start-up included, so sites with
+    fewer than one block per request are start-up)."""
+    with open(path) as f:
+        prof = json.load(f)
+    names = prof["ftbl"]
+    sites = {}
+    for pp in prof["pps"]:
+        frames = [names[i] for i in pp["fs"]]
+        own = [fr for fr in frames if not PLUMBING.search(fr)]
+        key = " <- ".join(re.sub(r"^0x[0-9A-F]+: ", "", fr).split(" (")[0] for fr in own[:depth])
+        sites[key] = sites.get(key, 0) + pp["tbk"]
+    return {k: v / n for k, v in sites.items()}
 
 
 def top_functions(path, count):
@@ -194,7 +221,12 @@ def main():
     ap.add_argument("--n1", type=int, default=1000)
     ap.add_argument("--n2", type=int, default=6000)
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--sites", action="store_true",
+                    help="instead: allocation sites per request of S4 and S5 (valgrind dhat)")
+    ap.add_argument("--depth", type=int, default=2, help="frames per allocation site (--sites)")
     args = ap.parse_args()
+    if args.sites:
+        return print_sites(args)
     d = tempfile.mkdtemp(prefix="agentry-cost-")
     up_port = free_port()
     stop = threading.Event()
@@ -221,6 +253,25 @@ def main():
     print(f"\nS5 top functions by inclusive instructions ({args.n2} requests, whole run):")
     for row in top_functions(results[("S5", "callgrind")][1], args.top):
         print("  " + row.strip())
+
+
+def print_sites(args):
+    """Allocation sites per request, S5 beside S4, largest S5 first."""
+    d = tempfile.mkdtemp(prefix="agentry-cost-")
+    up_port = free_port()
+    stop = threading.Event()
+    threading.Thread(target=upstream, args=(up_port, stop), daemon=True).start()
+    try:
+        per = {}
+        for scenario in ("S4", "S5"):
+            _, out = run(scenario, "dhat", args.n2, d, up_port)
+            per[scenario] = allocation_sites(out, args.n2, args.depth)
+    finally:
+        stop.set()
+    print(f"{'S5':>6} {'S4':>6}  allocating site (blocks per request, {args.n2} requests)")
+    for site, v in sorted(per["S5"].items(), key=lambda kv: -kv[1])[: args.top]:
+        if v >= 0.5:
+            print(f"{v:6.2f} {per['S4'].get(site, 0.0):6.2f}  {site}")
 
 
 if __name__ == "__main__":
