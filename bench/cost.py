@@ -32,6 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 GATEWAY = os.path.join(TARGET, "release/agentry-gateway")
 PASSTHROUGH = os.path.join(TARGET, "release/examples/pingora_passthrough")
+SEED = os.path.join(TARGET, "release/examples/bench_seed")
 TOKEN = "agm_cost_" + hashlib.sha256(os.urandom(16)).hexdigest()[:32]
 INBOX = "support@cost.example"
 
@@ -69,15 +70,16 @@ def upstream(port, stop):
     srv.close()
 
 
-def client(port, n, headers):
-    """n sequential GETs on one kept-alive connection; every answer must be 200."""
+def client(port, n, headers, expect=b" 200 "):
+    """n sequential GETs on one kept-alive connection; `headers(i)` gives request i's extra
+    header lines (and its inbox); every answer must carry `expect` in its status line."""
     s = socket.create_connection(("127.0.0.1", port))
-    req = (f"GET /v0/inboxes/{INBOX}/messages HTTP/1.1\r\nHost: cost\r\n{headers}\r\n").encode()
     f = s.makefile("rb")
-    for _ in range(n):
-        s.sendall(req)
+    for i in range(n):
+        extra, inbox = headers(i)
+        s.sendall(f"GET /v0/inboxes/{inbox}/messages HTTP/1.1\r\nHost: cost\r\n{extra}\r\n".encode())
         status = f.readline()
-        if b" 200 " not in status:
+        if expect not in status:
             raise RuntimeError(f"answer {status!r}")
         length = 0
         while True:
@@ -90,7 +92,7 @@ def client(port, n, headers):
     s.close()
 
 
-def gateway_config(d, port, mport, up):
+def gateway_config(d, port, mport, up, db):
     return f"""
 [server]
 listen = "127.0.0.1:{port}"
@@ -103,7 +105,7 @@ upgrade_sock = "{d}/gw.sock"
 listen = "127.0.0.1:{mport}"
 [store]
 kind = "sqlite"
-path = "{d}/gw.db"
+path = "{db}"
 [logging]
 access_log = false
 [limits]
@@ -123,6 +125,21 @@ upstream = "inbox"
 """
 
 
+def unknown_key(port):
+    """A well-formed key (right checksum) that the store no longer holds: created, deleted."""
+    key = create_key(port)
+    listing = urllib.request.Request(
+        f"http://127.0.0.1:{port}/human/v0/inboxes/{INBOX}/api-keys",
+        headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(listing, timeout=60) as r:
+        ident = json.load(r)["api_keys"][0]["api_key_id"]
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/human/v0/inboxes/{INBOX}/api-keys/{ident}",
+        method="DELETE", headers={"Authorization": f"Bearer {TOKEN}"})
+    urllib.request.urlopen(req, timeout=60).close()
+    return key
+
+
 def create_key(port):
     req = urllib.request.Request(
         f"http://127.0.0.1:{port}/human/v0/inboxes/{INBOX}/api-keys",
@@ -131,6 +148,14 @@ def create_key(port):
     )
     with urllib.request.urlopen(req, timeout=60) as r:
         return json.load(r)["api_key"]
+
+
+SCENARIOS = {
+    "S4": "pingora passthrough",
+    "S5": "agentry-gateway, cache hit",
+    "S6": "agentry-gateway, unknown key (401)",
+    "S7": "agentry-gateway, cache miss (store lookup)",
+}
 
 
 def run(scenario, tool, n, d, up_port):
@@ -143,26 +168,51 @@ def run(scenario, tool, n, d, up_port):
         vg = ["valgrind", "--tool=dhat", f"--dhat-out-file={out}"]
     else:
         vg = ["valgrind", "--leak-check=no"]
+    mport = None
     if scenario == "S4":
         cmd = vg + [PASSTHROUGH, f"127.0.0.1:{port}", f"127.0.0.1:{up_port}", "1"]
-        headers = ""
     else:
         mport = free_port()
-        cfg = os.path.join(d, f"gw-{tool}-{n}.toml")
+        db = os.path.join(d, f"gw-{scenario}-{tool}-{n}.db")
+        if scenario == "S7":
+            # Every request a key never seen before: n + warm-up keys, seeded in one inbox.
+            keys_file = db + ".keys"
+            subprocess.run([SEED, db, keys_file, str(n + 60), "1"], check=True, capture_output=True)
+        cfg = os.path.join(d, f"gw-{scenario}-{tool}-{n}.toml")
         with open(cfg, "w") as f:
-            f.write(gateway_config(d, port, mport, up_port))
+            f.write(gateway_config(d, port, mport, up_port, db))
         cmd = vg + [GATEWAY, "run", "--config", cfg]
     log = open(os.path.join(d, f"{scenario}-{tool}-{n}.log"), "w")
     p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                          env=dict(os.environ, RUST_LOG="error"))
     try:
         wait_port(port, timeout=120)
-        if scenario == "S5":
+        expect = b" 200 "
+        if scenario == "S4":
+            headers = lambda i: ("", INBOX)  # noqa: E731
+        elif scenario == "S5":
             wait_port(mport, timeout=120)
             key = create_key(port)
-            headers = f"Authorization: Bearer {key}\r\n"
-        client(port, 50, headers)  # warm caches, pools and the upstream connection
-        client(port, n, headers)
+            headers = lambda i: (f"Authorization: Bearer {key}\r\n", INBOX)  # noqa: E731
+        elif scenario == "S6":
+            wait_port(mport, timeout=120)
+            # Well-formed, right checksum, never issued: the negative cache answers after the
+            # first lookup, as for a client retrying a revoked key.
+            key = unknown_key(port)
+            headers = lambda i: (f"Authorization: Bearer {key}\r\n", INBOX)  # noqa: E731
+            expect = b" 401 "
+        else:
+            wait_port(mport, timeout=120)
+            pairs = [line.split() for line in open(keys_file)]
+            warm = iter(pairs[n:])
+            cold = iter(pairs[:n])
+            headers_from = lambda it: lambda i: (lambda k: (f"Authorization: Bearer {k[0]}\r\n", k[1]))(next(it))  # noqa: E731
+            client(port, 50, headers_from(warm))  # warm pools and the upstream connection
+            client(port, n, headers_from(cold))
+            headers = None
+        if headers is not None:
+            client(port, 50, headers, expect)  # warm caches, pools and the upstream connection
+            client(port, n, headers, expect)
     finally:
         os.killpg(p.pid, signal.SIGTERM)
         try:
@@ -221,6 +271,9 @@ def main():
     ap.add_argument("--n1", type=int, default=1000)
     ap.add_argument("--n2", type=int, default=6000)
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--scenarios", default="S4,S5,S6,S7", help="comma-separated, of S4-S7")
+    ap.add_argument("--tools", default="memcheck,callgrind",
+                    help="which counts: memcheck (allocations), callgrind (instructions)")
     ap.add_argument("--sites", action="store_true",
                     help="instead: allocation sites per request of S4 and S5 (valgrind dhat)")
     ap.add_argument("--depth", type=int, default=2, help="frames per allocation site (--sites)")
@@ -232,9 +285,11 @@ def main():
     stop = threading.Event()
     threading.Thread(target=upstream, args=(up_port, stop), daemon=True).start()
     results = {}
+    tools = args.tools.split(",")
+    scenarios = args.scenarios.split(",")
     try:
-        for tool in ("memcheck", "callgrind"):
-            for scenario in ("S4", "S5"):
+        for tool in tools:
+            for scenario in scenarios:
                 t1, _ = run(scenario, tool, args.n1, d, up_port)
                 t2, out2 = run(scenario, tool, args.n2, d, up_port)
                 per = (t2 - t1) / (args.n2 - args.n1)
@@ -243,16 +298,21 @@ def main():
                       f"({t1:,} at {args.n1}, {t2:,} at {args.n2})", file=sys.stderr, flush=True)
     finally:
         stop.set()
-    a4, a5 = results[("S4", "memcheck")][0], results[("S5", "memcheck")][0]
-    i4, i5 = results[("S4", "callgrind")][0], results[("S5", "callgrind")][0]
-    print("| scenario | heap allocations / request | instructions / request |")
-    print("| --- | ---: | ---: |")
-    print(f"| S4 pingora passthrough | {a4:,.1f} | {i4:,.0f} |")
-    print(f"| S5 agentry-gateway, cache hit | {a5:,.1f} | {i5:,.0f} |")
-    print(f"| S5 − S4 / S5 ÷ S4 | {a5 - a4:+,.1f} | {i5 / i4:.3f}× |")
-    print(f"\nS5 top functions by inclusive instructions ({args.n2} requests, whole run):")
-    for row in top_functions(results[("S5", "callgrind")][1], args.top):
-        print("  " + row.strip())
+    print("| scenario | heap allocations / request | vs S4 | instructions / request | vs S4 |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for scenario in scenarios:
+        a = results.get((scenario, "memcheck"), (None,))[0]
+        i = results.get((scenario, "callgrind"), (None,))[0]
+        a4 = results.get(("S4", "memcheck"), (None,))[0]
+        i4 = results.get(("S4", "callgrind"), (None,))[0]
+        da = f"{a - a4:+,.1f}" if a is not None and a4 is not None else "-"
+        ri = f"{i / i4:.3f}×" if i is not None and i4 else "-"
+        print(f"| {scenario} {SCENARIOS[scenario]} | {'-' if a is None else f'{a:,.1f}'} | {da} "
+              f"| {'-' if i is None else f'{i:,.0f}'} | {ri} |")
+    if ("S5", "callgrind") in results and args.top:
+        print(f"\nS5 top functions by inclusive instructions ({args.n2} requests, whole run):")
+        for row in top_functions(results[("S5", "callgrind")][1], args.top):
+            print("  " + row.strip())
 
 
 def print_sites(args):

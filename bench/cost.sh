@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get install -y valgrind || { apt-get update && apt-get install -y valgrind; }; }
 . scripts/build-deps.sh
 agentry_build_deps
-cargo build --release --bin agentry-gateway --example pingora_passthrough
+cargo build --release --bin agentry-gateway --example pingora_passthrough --example bench_seed
 exec python3 bench/cost.py "$@"

@@ -174,7 +174,7 @@ fn verify(c: &mut Criterion) {
                     validate_path(path).unwrap();
                     let seg = route.match_path(path).unwrap();
                     black_box(
-                        segment_equals(seg, id.inbox_id.as_bytes())
+                        segment_equals(seg, id.inbox.inbox_id.as_bytes())
                             && (!check_permission || id.permissions.contains(read)),
                     )
                 }

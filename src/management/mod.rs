@@ -205,7 +205,7 @@ impl Management {
         let endpoint = routes::route_under(Base::Key, &req.method, &req.path, &req.query)?;
         *route = endpoint.metric_route();
         // Another inbox: exactly the 404 of an absent one.
-        if key.inbox_id.as_bytes() != endpoint.inbox_id().as_bytes() {
+        if key.inbox.inbox_id.as_bytes() != endpoint.inbox_id().as_bytes() {
             return Err(ApiError::NotFound(NotFound::Inbox));
         }
         let needed = match endpoint {
@@ -246,6 +246,7 @@ impl Management {
                         attenuate(&self.vocabulary, parent, &mut fields)?;
                         (
                             parent
+                                .inbox
                                 .pod_id
                                 .as_ref()
                                 .and_then(|p| p.to_str().ok())

@@ -39,7 +39,11 @@ impl RequestIds {
         let mut buf = [0u8; 32];
         hex::encode_to_slice(self.prefix.to_be_bytes(), &mut buf[..16]).expect("16 hex digits");
         hex::encode_to_slice(n.to_be_bytes(), &mut buf[16..]).expect("16 hex digits");
-        HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
+        // One allocation, shared by every clone: the id goes upstream and back on the response.
+        // (`HeaderValue::from_bytes` copies into a vector-backed buffer whose first clone
+        // allocates again to become shareable.)
+        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+            .expect("hex is a valid header value")
     }
 }
 

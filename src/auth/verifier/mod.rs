@@ -24,11 +24,15 @@ use crate::metrics::{Metrics, Rejection};
 use crate::permissions::{PermissionSet, Permissions, Vocabulary};
 use crate::store::{AuthRecord, FeedHealth, KeyChange, KeyEvents, Store};
 
+mod inboxes;
+pub use inboxes::InboxHeaders;
+use inboxes::{shared_value, Inboxes};
+
 /// Who a valid API key is: what upstreams are told, and its in-memory usage mark.
 pub struct ApiKeyIdentity {
     pub api_key_id: HeaderValue,
-    pub inbox_id: HeaderValue,
-    pub pod_id: Option<HeaderValue>,
+    /// The inbox's id and pod, shared with every other cached key of the inbox.
+    pub inbox: Arc<InboxHeaders>,
     pub hash: KeyHash,
     /// What the key may do (checked against a route's `require` on every request).
     pub permissions: PermissionSet,
@@ -41,7 +45,11 @@ pub struct ApiKeyIdentity {
 }
 
 impl ApiKeyIdentity {
-    fn from_record(r: AuthRecord, vocabulary: &Vocabulary) -> Option<ApiKeyIdentity> {
+    fn from_record(
+        r: AuthRecord,
+        vocabulary: &Vocabulary,
+        inboxes: &Inboxes,
+    ) -> Option<ApiKeyIdentity> {
         // Unreadable stored permissions grant nothing (fail closed).
         let stored = r
             .permissions
@@ -50,12 +58,8 @@ impl ApiKeyIdentity {
         Some(ApiKeyIdentity {
             permissions: vocabulary.set_of(stored.as_ref()),
             expires_at_us: r.expires_at_us.unwrap_or(i64::MAX),
-            api_key_id: HeaderValue::from_str(&r.api_key_id).ok()?,
-            inbox_id: HeaderValue::from_bytes(r.inbox_id.as_bytes()).ok()?,
-            pod_id: match r.pod_id {
-                Some(p) => Some(HeaderValue::from_bytes(p.as_bytes()).ok()?),
-                None => None,
-            },
+            api_key_id: shared_value(&r.api_key_id)?,
+            inbox: inboxes.get(&r.inbox_id, r.pod_id.as_deref())?,
             hash: r.hash,
             last_used_us: AtomicI64::new(0),
             pending: AtomicBool::new(false),
@@ -170,6 +174,7 @@ pub struct Verifier {
     feed: Arc<FeedHealth>,
     /// Reads stored `permissions` objects into sets.
     vocabulary: Arc<Vocabulary>,
+    inboxes: Arc<Inboxes>,
 }
 
 impl Verifier {
@@ -199,6 +204,7 @@ impl Verifier {
             limiter,
             feed: Arc::new(FeedHealth::always()),
             vocabulary: Arc::new(Vocabulary::default()),
+            inboxes: Arc::default(),
         }
     }
 
@@ -327,17 +333,20 @@ impl Verifier {
     async fn load(&self, hash: KeyHash) -> Result<Arc<ApiKeyIdentity>, AuthFailure> {
         let store = self.store.clone();
         let vocabulary = self.vocabulary.clone();
+        let inboxes = self.inboxes.clone();
         let loaded = self
             .positive
             .try_get_with(hash, async move {
                 match store.find_by_hash(&hash).await {
-                    Ok(Some(rec)) => match ApiKeyIdentity::from_record(rec, &vocabulary) {
-                        Some(id) => Ok(Arc::new(id)),
-                        None => {
-                            log::error!("stored key has ids that are not valid header values");
-                            Err(Lookup::NotFound)
+                    Ok(Some(rec)) => {
+                        match ApiKeyIdentity::from_record(rec, &vocabulary, &inboxes) {
+                            Some(id) => Ok(Arc::new(id)),
+                            None => {
+                                log::error!("stored key has ids that are not valid header values");
+                                Err(Lookup::NotFound)
+                            }
                         }
-                    },
+                    }
                     Ok(None) => Err(Lookup::NotFound),
                     Err(_) => Err(Lookup::Store),
                 }
