@@ -38,6 +38,9 @@ pub struct ApiKeyIdentity {
     pub permissions: PermissionSet,
     /// When the key stops authenticating (µs since the epoch); `i64::MAX`: never.
     pub expires_at_us: i64,
+    /// When this identity was read from the store (coarse clock, µs since the epoch): the
+    /// cache's time-to-live runs from here.
+    pub loaded_at_us: i64,
     /// Latest use on this instance, microseconds since the epoch (0 = none yet).
     pub(crate) last_used_us: AtomicI64,
     /// Set while this identity sits in the usage recorder's pending set.
@@ -61,6 +64,7 @@ impl ApiKeyIdentity {
             api_key_id: shared_value(&r.api_key_id)?,
             inbox: inboxes.get(&r.inbox_id, r.pod_id.as_deref())?,
             hash: r.hash,
+            loaded_at_us: coarse_now_us(),
             last_used_us: AtomicI64::new(0),
             pending: AtomicBool::new(false),
         })
@@ -162,6 +166,8 @@ enum Lookup {
 pub struct Verifier {
     format: KeyFormat,
     positive: Cache<KeyHash, Arc<ApiKeyIdentity>>,
+    /// How long a cached identity is trusted after it was read from the store.
+    ttl_us: i64,
     negative: Cache<KeyHash, ()>,
     /// Hashes deleted recently: closes the race where a lookup that started before a delete
     /// committed would put the deleted key back into the positive cache.
@@ -187,10 +193,10 @@ impl Verifier {
     ) -> Verifier {
         Verifier {
             format,
-            positive: Cache::builder()
-                .max_capacity(cache.max_entries)
-                .time_to_live(cache.ttl)
-                .build(),
+            // No moka time-to-live here: it costs 32 bytes per entry. The TTL is checked on use
+            // instead (`check_cached`), against the identity's `loaded_at_us`.
+            positive: Cache::builder().max_capacity(cache.max_entries).build(),
+            ttl_us: i64::try_from(cache.ttl.as_micros()).unwrap_or(i64::MAX),
             negative: Cache::builder()
                 .max_capacity(cache.negative_max_entries)
                 .time_to_live(cache.negative_ttl)
@@ -318,8 +324,12 @@ impl Verifier {
         })?;
         let hash = hash_secret(key);
         if let Some(id) = self.positive.get(&hash).await {
-            self.metrics.auth_cache_hits.inc();
-            return self.confirm(id, &hash).map(Cached::Hit);
+            if coarse_now_us().saturating_sub(id.loaded_at_us) < self.ttl_us {
+                self.metrics.auth_cache_hits.inc();
+                return self.confirm(id, &hash).map(Cached::Hit);
+            }
+            // Past its time-to-live: read it again (a miss, counted as one below).
+            self.positive.invalidate(&hash).await;
         }
         if self.negative.contains_key(&hash) {
             self.metrics.auth_cache_negative_hits.inc();

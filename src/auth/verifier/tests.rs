@@ -110,6 +110,49 @@ mod pipeline {
     }
 
     #[tokio::test]
+    async fn a_cached_key_is_read_again_after_the_ttl() {
+        let store = Arc::new(MemoryStore::default());
+        let format = KeyFormat::new("agk");
+        let m = format.generate();
+        store.add_key("key_1", "i@x", m.hash);
+        let v = Verifier::new(
+            format,
+            &CacheConfig {
+                ttl: Duration::from_millis(100),
+                ..cache()
+            },
+            store.clone(),
+            Arc::new(Metrics::new(&[], &[])),
+            Arc::new(FailureLimiter::disabled()),
+        );
+        let key = m.plaintext.as_bytes();
+        for _ in 0..3 {
+            assert!(v.authenticate_key(key, None).await.is_ok());
+        }
+        assert_eq!(
+            store.lookups.load(Ordering::SeqCst),
+            1,
+            "hits within the TTL"
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(v.authenticate_key(key, None).await.is_ok());
+        assert_eq!(
+            store.lookups.load(Ordering::SeqCst),
+            2,
+            "read again after it"
+        );
+        assert!(v.authenticate_key(key, None).await.is_ok());
+        assert_eq!(store.lookups.load(Ordering::SeqCst), 2, "and cached again");
+        // A key deleted in the store meanwhile is refused once its TTL ran out.
+        store.remove_key(&m.hash);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(
+            v.authenticate_key(key, None).await.err(),
+            Some(AuthFailure::Unknown)
+        );
+    }
+
+    #[tokio::test]
     async fn garbage_never_reaches_the_store() {
         let (store, v, key) = setup().await;
         let mut bad = key.clone().into_bytes();
