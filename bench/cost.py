@@ -30,7 +30,8 @@ from ports import free_port, wait_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-GATEWAY = os.path.join(TARGET, "release/agentry-gateway")
+# AGENTRY_GATEWAY_BIN: another build of the gateway (e.g. the previous commit) for A/B counts.
+GATEWAY = os.environ.get("AGENTRY_GATEWAY_BIN", os.path.join(TARGET, "release/agentry-gateway"))
 PASSTHROUGH = os.path.join(TARGET, "release/examples/pingora_passthrough")
 SEED = os.path.join(TARGET, "release/examples/bench_seed")
 TOKEN = "agm_cost_" + hashlib.sha256(os.urandom(16)).hexdigest()[:32]

@@ -26,7 +26,7 @@ from ports import wait_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-GATEWAY = os.path.join(TARGET, "release/agentry-gateway")
+GATEWAY = os.environ.get("AGENTRY_GATEWAY_BIN", os.path.join(TARGET, "release/agentry-gateway"))
 PASSTHROUGH = os.path.join(TARGET, "release/examples/pingora_passthrough")
 SEED = os.path.join(TARGET, "release/examples/bench_seed")
 KEYS_LUA = os.path.join(ROOT, "bench/keys.lua")

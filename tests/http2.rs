@@ -567,3 +567,79 @@ with httpx.Client(http2=True, verify=ca, base_url=base) as c:
     );
     assert_eq!(lines[2], "HTTP/2 201 py", "{text}");
 }
+
+// ---- h2c (HTTP/2 in plaintext with prior knowledge) ----
+
+/// One request over h2c on a fresh plaintext connection; `Err` when the gateway does not
+/// speak HTTP/2 there.
+fn h2c_request(addr: SocketAddr, key: &str) -> Result<Resp, String> {
+    block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut send, conn) = h2::client::handshake(tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = http::Request::builder()
+            .uri("http://localhost/v0/inboxes/support@example.com/m")
+            .header("authorization", format!("Bearer {key}"))
+            .body(())
+            .unwrap();
+        let (resp, _) = send.send_request(req, true).map_err(|e| e.to_string())?;
+        let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+            .await
+            .map_err(|_| "no answer".to_owned())?
+            .map_err(|e| e.to_string())?;
+        Ok(Resp {
+            status: resp.status().as_u16(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        })
+    })
+}
+
+#[test]
+fn h2c_is_off_by_default_and_works_when_enabled() {
+    set_transport(Transport::Plain);
+    let up = Upstream::start();
+    let body = format!(
+        "{}\n{}",
+        standard_auth_toml(),
+        upstream_toml(&[up.addr], "")
+    );
+    let off = Gateway::start_with(&body, "");
+    let key = off.create_key("support@example.com", "h2c")["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        h2c_request(off.addr, &key).is_err(),
+        "no HTTP/2 in plaintext by default"
+    );
+    assert_eq!(up.count(), 0);
+
+    let on = Gateway::start_with(&body, "[server.http2]\ncleartext = true");
+    let key = on.create_key("support@example.com", "h2c")["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(h2c_request(on.addr, &key).unwrap().status, 200);
+    assert_eq!(
+        up.requests()[0].all("x-agentry-inbox-id"),
+        ["support@example.com"]
+    );
+    // HTTP/1.1 still works beside it.
+    assert_eq!(
+        on.call("GET", "/v0/inboxes/support@example.com/m", &key)
+            .status,
+        200
+    );
+    assert_eq!(
+        on.call("GET", "/v0/inboxes/sales@example.com/m", &key)
+            .status,
+        403
+    );
+}

@@ -1,5 +1,7 @@
 //! `used_at` write-behind: requests mark keys in memory; a background service flushes the marks
-//! in one transaction per interval, so store writes grow with active keys, not with requests.
+//! every interval, so store writes grow with active keys, not with requests. A flush writes in
+//! chunks of `FLUSH_CHUNK` keys, one transaction each, `FLUSH_PAUSE` apart: one long write would
+//! hold a core (SQLite runs on the blocking pool) and delay the requests sharing it.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -14,6 +16,11 @@ use pingora::services::background::BackgroundService;
 use super::ApiKeyIdentity;
 use crate::metrics::Metrics;
 use crate::store::{KeyRecord, Store};
+
+/// Keys written per transaction of a flush.
+pub const FLUSH_CHUNK: usize = 256;
+/// Pause between two chunks of one flush.
+pub const FLUSH_PAUSE: Duration = Duration::from_millis(1);
 
 /// Pending `used_at` marks of this instance.
 pub struct UsageRecorder {
@@ -73,7 +80,9 @@ impl UsageRecorder {
         }
     }
 
-    /// Writes every pending mark in one transaction. On failure the marks stay pending.
+    /// Writes every pending mark, `FLUSH_CHUNK` per transaction. On failure every mark of the
+    /// batch is pending again (rewriting a written one changes nothing: the store keeps the
+    /// latest time).
     pub async fn flush(&self) -> Result<usize, crate::store::StoreError> {
         let _one_at_a_time = self.flush_lock.lock().await;
         let batch = std::mem::take(&mut *self.pending.lock());
@@ -96,7 +105,16 @@ impl UsageRecorder {
             .collect();
         *self.inflight.lock() = batch.clone();
         let started = Instant::now();
-        let result = self.store.record_usage(&marks).await;
+        let mut result = Ok(());
+        for (i, chunk) in marks.chunks(FLUSH_CHUNK).enumerate() {
+            if i > 0 {
+                tokio::time::sleep(FLUSH_PAUSE).await;
+            }
+            result = self.store.record_usage(chunk).await;
+            if result.is_err() {
+                break;
+            }
+        }
         self.metrics
             .usage_flush_duration
             .observe(started.elapsed().as_secs_f64());
@@ -194,6 +212,27 @@ mod tests {
         assert_eq!(store.used_at("b"), Some(500));
         assert_eq!(rec.flush().await.unwrap(), 0);
         assert_eq!(store.usage_writes.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_large_flush_is_written_in_chunks() {
+        let store = Arc::new(MemoryStore::default());
+        let rec = UsageRecorder::new(store.clone(), Arc::new(Metrics::new(&[], &[])));
+        let n = 2 * FLUSH_CHUNK + 1;
+        for i in 0..n {
+            let id = identity(&store, &format!("k{i}")).await;
+            rec.touch(&id, 1_000 + i as i64);
+        }
+        assert_eq!(rec.flush().await.unwrap(), n);
+        assert_eq!(
+            store.usage_writes.load(Ordering::SeqCst),
+            3,
+            "three transactions"
+        );
+        for i in 0..n {
+            assert_eq!(store.used_at(&format!("k{i}")), Some(1_000 + i as i64));
+        }
+        assert_eq!(rec.pending_count(), 0);
     }
 
     #[tokio::test]
