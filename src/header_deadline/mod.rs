@@ -258,25 +258,42 @@ impl DeadlineStream {
 
 /// Advances the head scanner over `bytes`: `Body` once a blank line (`\r\n\r\n` or `\n\n`)
 /// ends a head whose request line has begun; CR and LF before the request line are skipped.
+/// Only line feeds are looked at one by one (memchr): a head is read once, at memory speed.
 fn scan(phase: Phase, bytes: &[u8]) -> Phase {
-    let (mut tail, mut in_request) = match phase {
+    let (mut tail, in_request) = match phase {
         Phase::Fresh => ([0; 3], false),
         Phase::Head { tail, in_request } => (tail, in_request),
         Phase::Body => return phase,
     };
-    for &b in bytes {
-        if !in_request {
-            if b == b'\r' || b == b'\n' {
-                continue;
-            }
-            in_request = true;
+    let bytes = if in_request {
+        bytes
+    } else {
+        match bytes.iter().position(|&b| b != b'\r' && b != b'\n') {
+            Some(start) => &bytes[start..],
+            None => return Phase::Head { tail, in_request },
         }
-        if b == b'\n' && (tail[1..] == [b'\n', b'\r'] || tail[2] == b'\n') {
+    };
+    // The byte `back` places before position `i`: from `bytes`, or from the previous reads.
+    let before = |i: usize, back: usize| -> u8 {
+        if i >= back {
+            bytes[i - back]
+        } else {
+            tail[3 - (back - i)]
+        }
+    };
+    for i in memchr::memchr_iter(b'\n', bytes) {
+        // `\n\n`, or `\n\r\n`: the line that just ended was empty.
+        if before(i, 1) == b'\n' || (before(i, 1) == b'\r' && before(i, 2) == b'\n') {
             return Phase::Body;
         }
+    }
+    for &b in bytes.iter().rev().take(3).rev() {
         tail = [tail[1], tail[2], b];
     }
-    Phase::Head { tail, in_request }
+    Phase::Head {
+        tail,
+        in_request: true,
+    }
 }
 
 impl AsyncRead for DeadlineStream {
@@ -398,6 +415,57 @@ impl GetSocketDigest for DeadlineStream {
 impl Peek for DeadlineStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
         self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod scan_equivalence {
+    //! `scan` (memchr) against the byte-at-a-time definition, on random heads cut at random
+    //! places.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn reference(phase: Phase, bytes: &[u8]) -> Phase {
+        let (mut tail, mut in_request) = match phase {
+            Phase::Fresh => ([0; 3], false),
+            Phase::Head { tail, in_request } => (tail, in_request),
+            Phase::Body => return phase,
+        };
+        for &b in bytes {
+            if !in_request {
+                if b == b'\r' || b == b'\n' {
+                    continue;
+                }
+                in_request = true;
+            }
+            if b == b'\n' && (tail[1..] == [b'\n', b'\r'] || tail[2] == b'\n') {
+                return Phase::Body;
+            }
+            tail = [tail[1], tail[2], b];
+        }
+        Phase::Head { tail, in_request }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+        #[test]
+        fn same_as_byte_at_a_time(
+            bytes in proptest::collection::vec(prop_oneof![
+                Just(b'\r'), Just(b'\n'), Just(b'a'), Just(b' '), Just(b':')
+            ], 0..40),
+            cuts in proptest::collection::vec(0usize..40, 0..6),
+        ) {
+            let mut cuts: Vec<usize> = cuts.into_iter().filter(|&c| c <= bytes.len()).collect();
+            cuts.sort_unstable();
+            let (mut fast, mut slow) = (Phase::Fresh, Phase::Fresh);
+            let mut at = 0;
+            for end in cuts.into_iter().chain(std::iter::once(bytes.len())) {
+                fast = scan(fast, &bytes[at..end]);
+                slow = reference(slow, &bytes[at..end]);
+                prop_assert_eq!(fast, slow);
+                at = end;
+            }
+        }
     }
 }
 
