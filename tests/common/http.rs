@@ -146,15 +146,15 @@ pub fn raw_exchange(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> Vec<u8
     out
 }
 
-/// One request on a fresh connection (`Connection: close`).
-pub fn request(
-    addr: SocketAddr,
+/// The bytes of an HTTP/1.1 request that closes its connection, with `Content-Length` for a body.
+pub fn one_shot_request(
+    host: &str,
     method: &str,
     target: &str,
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
-) -> Resp {
-    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n");
+) -> Vec<u8> {
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -166,6 +166,18 @@ pub fn request(
     if let Some(b) = body {
         bytes.extend_from_slice(b);
     }
+    bytes
+}
+
+/// One request on a fresh connection (`Connection: close`).
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Resp {
+    let bytes = one_shot_request("gateway", method, target, headers, body);
     let s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     (&s).write_all(&bytes).unwrap();

@@ -12,7 +12,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore, SupportedProtocolVersion};
 
-use super::http::{read_response, Resp};
+use super::http::{one_shot_request, read_response, Resp};
 
 /// A test certificate authority.
 pub struct Pki {
@@ -150,18 +150,7 @@ pub fn h1_tls_request(
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> Resp {
-    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if let Some(b) = body {
-        req.push_str(&format!("Content-Length: {}\r\n", b.len()));
-    }
-    req.push_str("\r\n");
-    let mut bytes = req.into_bytes();
-    if let Some(b) = body {
-        bytes.extend_from_slice(b);
-    }
+    let bytes = one_shot_request("localhost", method, target, headers, body);
     let mut s = tls_connect(addr, "localhost", config).unwrap();
     s.write_all(&bytes).unwrap();
     let mut r = BufReader::new(s);
