@@ -37,6 +37,20 @@ fn tls_gateway(tls_extra: &str, body_extra: &str) -> (Gateway, Pki, tempfile::Te
     (g, pki, dir)
 }
 
+/// A metric once it has stopped moving (200 ms without change): the readiness probe's plain
+/// connects count as failed handshakes, a moment after they close.
+fn settled(g: &Gateway, series: &str) -> f64 {
+    let mut last = g.metric(series);
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = g.metric(series);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
 fn admin() -> [(&'static str, String); 1] {
     [("Authorization", format!("Bearer {ADMIN_TOKEN}"))]
 }
@@ -86,8 +100,8 @@ fn tls_12_and_13_are_served_and_10_and_11_refused() {
             r#"agentry_gateway_tls_handshakes_total{{result="{result}"}}"#
         ))
     };
-    // (The readiness probe's plain connects count as failed handshakes.)
-    let (ok0, failed0) = (handshakes("ok"), handshakes("failed"));
+    let failed_series = r#"agentry_gateway_tls_handshakes_total{result="failed"}"#;
+    let (ok0, failed0) = (handshakes("ok"), settled(&g, failed_series));
     for (version, expect) in [
         (&rustls::version::TLS12, ProtocolVersion::TLSv1_2),
         (&rustls::version::TLS13, ProtocolVersion::TLSv1_3),
@@ -168,7 +182,10 @@ fn mutual_tls_admits_only_clients_of_the_configured_ca() {
     let ca_path = clients.write_ca(dir.path(), "clients");
     let (g, pki, _certs) = tls_gateway(&format!("client_ca_path = \"{}\"", ca_path.display()), "");
     let failed = || g.metric(r#"agentry_gateway_tls_handshakes_total{result="failed"}"#);
-    let failed0 = failed();
+    let failed0 = settled(
+        &g,
+        r#"agentry_gateway_tls_handshakes_total{result="failed"}"#,
+    );
     let good = clients.issue(&["client.example"]);
     let stranger = Pki::new("other CA").issue(&["client.example"]);
     for versions in [
