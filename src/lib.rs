@@ -120,6 +120,47 @@ fn page_token_key(
     Ok(store::cursor::PageTokenKey::new(&secret))
 }
 
+/// The listening service: pingora's HTTP proxy around the gateway, HTTP/2 settings, and the
+/// connection wrapper that terminates TLS (with its certificate watcher) and times request heads.
+fn proxy_service(
+    config: &Config,
+    server: &mut Server,
+    gateway: Gateway,
+    metrics: &Arc<Metrics>,
+) -> Result<Service<header_deadline::HeaderDeadline<pingora::proxy::HttpProxy<Gateway>>>, StartError>
+{
+    let mut app = pingora::proxy::HttpProxy::new(gateway, server.configuration.clone());
+    app.handle_init_modules();
+    let h2 = &config.server.http2;
+    let mut server_options = pingora::apps::HttpServerOptions::default();
+    server_options.h2c = h2.cleartext;
+    server_options.h2_idle_timeout = Some(h2.idle_timeout);
+    app.server_options = Some(server_options);
+    app.h2_options = Some(h2_options(config));
+    let front_door = match &config.server.tls {
+        Some(settings) => {
+            let door = tls::FrontDoor::new(settings, metrics.clone())
+                .map_err(|e| StartError::Server(e.to_string()))?;
+            server.add_service(background_service(
+                "certificate watcher",
+                tls::CertWatcher {
+                    cert: door.cert(),
+                    interval: settings.reload_interval,
+                    metrics: metrics.clone(),
+                },
+            ));
+            Some(Arc::new(door))
+        }
+        None => None,
+    };
+    Ok(Service::new(
+        "agentry-gateway".to_owned(),
+        header_deadline::HeaderDeadline::new(app, config.server.header_read_timeout)
+            .with_tls(front_door)
+            .with_h2c(h2.cleartext),
+    ))
+}
+
 /// HTTP/2 limits towards clients. The h2 crate also bounds CONTINUATION frames per header
 /// block (from the header-list size) and answers a flood of resets with GOAWAY.
 fn h2_options(config: &Config) -> pingora::protocols::http::v2::server::H2Options {
@@ -247,36 +288,7 @@ pub fn build(config: Config) -> Result<Built, StartError> {
         },
         trusted_proxies: client_ip::TrustedProxies::new(config.server.trusted_proxies.clone()),
     };
-    let mut app = pingora::proxy::HttpProxy::new(gateway, server.configuration.clone());
-    app.handle_init_modules();
-    let h2 = &config.server.http2;
-    let mut server_options = pingora::apps::HttpServerOptions::default();
-    server_options.h2c = h2.cleartext;
-    server_options.h2_idle_timeout = Some(h2.idle_timeout);
-    app.server_options = Some(server_options);
-    app.h2_options = Some(h2_options(&config));
-    let front_door = match &config.server.tls {
-        Some(settings) => {
-            let door = tls::FrontDoor::new(settings, metrics.clone())
-                .map_err(|e| StartError::Server(e.to_string()))?;
-            server.add_service(background_service(
-                "certificate watcher",
-                tls::CertWatcher {
-                    cert: door.cert(),
-                    interval: settings.reload_interval,
-                    metrics: metrics.clone(),
-                },
-            ));
-            Some(Arc::new(door))
-        }
-        None => None,
-    };
-    let mut proxy = Service::new(
-        "agentry-gateway".to_owned(),
-        header_deadline::HeaderDeadline::new(app, config.server.header_read_timeout)
-            .with_tls(front_door)
-            .with_h2c(h2.cleartext),
-    );
+    let mut proxy = proxy_service(&config, &mut server, gateway, &metrics)?;
     proxy.add_tcp(&config.server.listen.to_string());
     server.add_service(proxy);
 
