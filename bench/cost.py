@@ -126,6 +126,46 @@ upstream = "inbox"
 """
 
 
+# S3's one key: HAProxy checks only that its SHA-256 is in the map, not the key format.
+HAPROXY_KEY = "agk_" + hashlib.sha256(b"cost-s3").hexdigest()[:40]
+
+
+def haproxy_config(d, port, up):
+    """bench/run.py's S3: key auth in HAProxy's config alone (sha2(256) of the bearer token
+    looked up in a map, inbox checked against the path, credential stripped, identity added)."""
+    keys_map = os.path.join(d, "keys.map")
+    with open(keys_map, "w") as m:
+        m.write(f"{hashlib.sha256(HAPROXY_KEY.encode()).hexdigest()} {INBOX}\n")
+    cfg = os.path.join(d, f"haproxy-{port}.cfg")
+    with open(cfg, "w") as f:
+        f.write(f"""
+global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout http-keep-alive 60s
+  http-reuse always
+backend up
+  server s1 127.0.0.1:{up}
+frontend f
+  bind 127.0.0.1:{port}
+  http-request set-var(txn.key) req.hdr(authorization),regsub(^[Bb][Ee][Aa][Rr][Ee][Rr]\\ ,)
+  http-request set-var(txn.inbox) var(txn.key),sha2(256),hex,lower,map({keys_map})
+  http-request deny deny_status 401 unless {{ var(txn.inbox) -m found }}
+  http-request set-var(txn.pathinbox) path,field(4,/)
+  http-request deny deny_status 403 unless {{ var(txn.inbox),strcmp(txn.pathinbox) eq 0 }}
+  http-request del-header authorization
+  http-request del-header x-agentry-inbox-id
+  http-request set-header x-agentry-inbox-id %[var(txn.inbox)]
+  default_backend up
+""")
+    return cfg
+
+
 def unknown_key(port):
     """A well-formed key (right checksum) that the store no longer holds: created, deleted."""
     key = create_key(port)
@@ -152,6 +192,7 @@ def create_key(port):
 
 
 SCENARIOS = {
+    "S3": "HAProxy key auth (sha2 + map)",
     "S4": "pingora passthrough",
     "S5": "agentry-gateway, cache hit",
     "S6": "agentry-gateway, unknown key (401)",
@@ -172,6 +213,8 @@ def run(scenario, tool, n, d, up_port):
     mport = None
     if scenario == "S4":
         cmd = vg + [PASSTHROUGH, f"127.0.0.1:{port}", f"127.0.0.1:{up_port}", "1"]
+    elif scenario == "S3":
+        cmd = vg + ["haproxy", "-db", "-f", haproxy_config(d, port, up_port)]
     else:
         mport = free_port()
         db = os.path.join(d, f"gw-{scenario}-{tool}-{n}.db")
@@ -191,6 +234,8 @@ def run(scenario, tool, n, d, up_port):
         expect = b" 200 "
         if scenario == "S4":
             headers = lambda i: ("", INBOX)  # noqa: E731
+        elif scenario == "S3":
+            headers = lambda i: (f"Authorization: Bearer {HAPROXY_KEY}\r\n", INBOX)  # noqa: E731
         elif scenario == "S5":
             wait_port(mport, timeout=120)
             key = create_key(port)
@@ -272,7 +317,7 @@ def main():
     ap.add_argument("--n1", type=int, default=1000)
     ap.add_argument("--n2", type=int, default=6000)
     ap.add_argument("--top", type=int, default=15)
-    ap.add_argument("--scenarios", default="S4,S5,S6,S7", help="comma-separated, of S4-S7")
+    ap.add_argument("--scenarios", default="S4,S5,S6,S7", help="comma-separated, of S3-S7")
     ap.add_argument("--tools", default="memcheck,callgrind",
                     help="which counts: memcheck (allocations), callgrind (instructions)")
     ap.add_argument("--sites", action="store_true",
