@@ -131,9 +131,19 @@ pub fn read_response(r: &mut impl BufRead, head_request: bool) -> std::io::Resul
 
 /// Sends raw bytes and returns everything the server answered until it closed (or timeout).
 pub fn raw_exchange(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> Vec<u8> {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(timeout)).unwrap();
-    s.write_all(bytes).unwrap();
+    try_raw_exchange(addr, bytes, timeout).unwrap()
+}
+
+/// `raw_exchange`, or the error when the connection cannot be made or written (a server that
+/// is being killed).
+pub fn try_raw_exchange(
+    addr: SocketAddr,
+    bytes: &[u8],
+    timeout: Duration,
+) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(bytes)?;
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
@@ -143,7 +153,7 @@ pub fn raw_exchange(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> Vec<u8
             Err(_) => break,
         }
     }
-    out
+    Ok(out)
 }
 
 /// The bytes of an HTTP/1.1 request that closes its connection, with `Content-Length` for a body.
