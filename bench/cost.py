@@ -22,10 +22,10 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import haproxy  # noqa: E402
 from ports import free_port, wait_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,13 +71,17 @@ def upstream(port, stop):
     srv.close()
 
 
-def client(port, n, headers, expect=b" 200 "):
-    """n sequential GETs on one kept-alive connection; `headers(i)` gives request i's extra
-    header lines (and its inbox); every answer must carry `expect` in its status line."""
+def bearer(key):
+    """The header line that carries `key`."""
+    return f"Authorization: Bearer {key}\r\n"
+
+
+def client(port, requests, expect=b" 200 "):
+    """Sequential GETs on one kept-alive connection, one per (extra header lines, inbox) of
+    `requests`; every answer must carry `expect` in its status line."""
     s = socket.create_connection(("127.0.0.1", port))
     f = s.makefile("rb")
-    for i in range(n):
-        extra, inbox = headers(i)
+    for extra, inbox in requests:
         s.sendall(f"GET /v0/inboxes/{inbox}/messages HTTP/1.1\r\nHost: cost\r\n{extra}\r\n".encode())
         status = f.readline()
         if expect not in status:
@@ -131,38 +135,12 @@ HAPROXY_KEY = "agk_" + hashlib.sha256(b"cost-s3").hexdigest()[:40]
 
 
 def haproxy_config(d, port, up):
-    """bench/run.py's S3: key auth in HAProxy's config alone (sha2(256) of the bearer token
-    looked up in a map, inbox checked against the path, credential stripped, identity added)."""
+    """S3 as bench/run.py runs it (bench/haproxy.py), with this script's one key."""
     keys_map = os.path.join(d, "keys.map")
-    with open(keys_map, "w") as m:
-        m.write(f"{hashlib.sha256(HAPROXY_KEY.encode()).hexdigest()} {INBOX}\n")
+    haproxy.write_keys_map(keys_map, [(HAPROXY_KEY, INBOX)])
     cfg = os.path.join(d, f"haproxy-{port}.cfg")
     with open(cfg, "w") as f:
-        f.write(f"""
-global
-  nbthread 1
-  maxconn 4000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  timeout http-keep-alive 60s
-  http-reuse always
-backend up
-  server s1 127.0.0.1:{up}
-frontend f
-  bind 127.0.0.1:{port}
-  http-request set-var(txn.key) req.hdr(authorization),regsub(^[Bb][Ee][Aa][Rr][Ee][Rr]\\ ,)
-  http-request set-var(txn.inbox) var(txn.key),sha2(256),hex,lower,map({keys_map})
-  http-request deny deny_status 401 unless {{ var(txn.inbox) -m found }}
-  http-request set-var(txn.pathinbox) path,field(4,/)
-  http-request deny deny_status 403 unless {{ var(txn.inbox),strcmp(txn.pathinbox) eq 0 }}
-  http-request del-header authorization
-  http-request del-header x-agentry-inbox-id
-  http-request set-header x-agentry-inbox-id %[var(txn.inbox)]
-  default_backend up
-""")
+        f.write(haproxy.key_auth(f"127.0.0.1:{port}", up, keys_map))
     return cfg
 
 
@@ -231,34 +209,28 @@ def run(scenario, tool, n, d, up_port):
                          env=dict(os.environ, RUST_LOG="error"))
     try:
         wait_port(port, timeout=120)
+        if mport:
+            wait_port(mport, timeout=120)
         expect = b" 200 "
-        if scenario == "S4":
-            headers = lambda i: ("", INBOX)  # noqa: E731
-        elif scenario == "S3":
-            headers = lambda i: (f"Authorization: Bearer {HAPROXY_KEY}\r\n", INBOX)  # noqa: E731
-        elif scenario == "S5":
-            wait_port(mport, timeout=120)
-            key = create_key(port)
-            headers = lambda i: (f"Authorization: Bearer {key}\r\n", INBOX)  # noqa: E731
-        elif scenario == "S6":
-            wait_port(mport, timeout=120)
-            # Well-formed, right checksum, never issued: the negative cache answers after the
-            # first lookup, as for a client retrying a revoked key.
-            key = unknown_key(port)
-            headers = lambda i: (f"Authorization: Bearer {key}\r\n", INBOX)  # noqa: E731
-            expect = b" 401 "
+        if scenario == "S7":
+            # Every measured request a key never seen before; the warm-up takes the extra ones.
+            with open(keys_file) as f:
+                keys = [(bearer(k), inbox) for k, inbox in (line.split() for line in f)]
+            warm, measured = keys[n:], keys[:n]
         else:
-            wait_port(mport, timeout=120)
-            pairs = [line.split() for line in open(keys_file)]
-            warm = iter(pairs[n:])
-            cold = iter(pairs[:n])
-            headers_from = lambda it: lambda i: (lambda k: (f"Authorization: Bearer {k[0]}\r\n", k[1]))(next(it))  # noqa: E731
-            client(port, 50, headers_from(warm))  # warm pools and the upstream connection
-            client(port, n, headers_from(cold))
-            headers = None
-        if headers is not None:
-            client(port, 50, headers, expect)  # warm caches, pools and the upstream connection
-            client(port, n, headers, expect)
+            if scenario == "S6":
+                # A key issued, then deleted: the negative cache answers after its first
+                # lookup, as for a client retrying a revoked key.
+                extra, expect = bearer(unknown_key(port)), b" 401 "
+            elif scenario == "S5":
+                extra = bearer(create_key(port))
+            elif scenario == "S3":
+                extra = bearer(HAPROXY_KEY)
+            else:
+                extra = ""
+            warm, measured = [(extra, INBOX)] * 50, [(extra, INBOX)] * n
+        client(port, warm, expect)  # warm caches, pools and the upstream connection
+        client(port, measured, expect)
     finally:
         os.killpg(p.pid, signal.SIGTERM)
         try:

@@ -18,10 +18,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import haproxy  # noqa: E402
 from ports import wait_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -145,46 +145,14 @@ http {{
         self.spawn("S1", ["nginx", "-c", f"{self.dir}/nginx-proxy.conf", "-p", self.dir], CORE_SUT, PORTS["S1"])
         self.pids["S1"] = self.nginx_worker_pid("S1")
 
-        haproxy_common = f"""
-global
-  nbthread 1
-  maxconn 4000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  timeout http-keep-alive 60s
-  http-reuse always
-backend up
-  server s1 127.0.0.1:{UPSTREAM}
-"""
-        self.write("haproxy-plain.cfg", haproxy_common + f"""
-frontend f
-  bind 127.0.0.1:{PORTS['S2']}
-  default_backend up
-""")
+        self.write("haproxy-plain.cfg", haproxy.plain(f"127.0.0.1:{PORTS['S2']}", UPSTREAM))
         self.spawn("S2", ["haproxy", "-db", "-f", f"{self.dir}/haproxy-plain.cfg"], CORE_SUT, PORTS["S2"])
 
-        # S3: key auth done in HAProxy config alone: sha2(256) of the bearer token looked up in
-        # a map of key hashes, inbox checked against the path, credential stripped, identity added.
-        with open(self.keys_file) as f, open(os.path.join(self.dir, "keys.map"), "w") as m:
-            for line in f:
-                key, inbox = line.split()
-                m.write(f"{hashlib.sha256(key.encode()).hexdigest()} {inbox}\n")
-        self.write("haproxy-auth.cfg", haproxy_common + f"""
-frontend f
-  bind 127.0.0.1:{PORTS['S3']}
-  http-request set-var(txn.key) req.hdr(authorization),regsub(^[Bb][Ee][Aa][Rr][Ee][Rr]\\ ,)
-  http-request set-var(txn.inbox) var(txn.key),sha2(256),hex,lower,map({self.dir}/keys.map)
-  http-request deny deny_status 401 unless {{ var(txn.inbox) -m found }}
-  http-request set-var(txn.pathinbox) path,field(4,/)
-  http-request deny deny_status 403 unless {{ var(txn.inbox),strcmp(txn.pathinbox) eq 0 }}
-  http-request del-header authorization
-  http-request del-header x-agentry-inbox-id
-  http-request set-header x-agentry-inbox-id %[var(txn.inbox)]
-  default_backend up
-""")
+        # S3: key auth done in HAProxy config alone (bench/haproxy.py).
+        keys_map = os.path.join(self.dir, "keys.map")
+        with open(self.keys_file) as f:
+            haproxy.write_keys_map(keys_map, (line.split() for line in f))
+        self.write("haproxy-auth.cfg", haproxy.key_auth(f"127.0.0.1:{PORTS['S3']}", UPSTREAM, keys_map))
         self.spawn("S3", ["haproxy", "-db", "-f", f"{self.dir}/haproxy-auth.cfg"], CORE_SUT, PORTS["S3"])
 
         self.spawn("S4", [PASSTHROUGH, f"127.0.0.1:{PORTS['S4']}", f"127.0.0.1:{UPSTREAM}", "1"],

@@ -18,9 +18,9 @@ import sys
 import types
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import haproxy  # noqa: E402
 import run  # noqa: E402
 from run import CORE_LOAD, PORTS, KEYS_LUA, fmt, summarize, proc_cpu_ticks, parse_wrk  # noqa: E402
-from ports import wait_port  # noqa: E402
 
 T3, T5, T5_METRICS = 19103, 19105, 19106
 
@@ -61,9 +61,8 @@ def main():
                        check=True, capture_output=True)
         with open(os.path.join(b.dir, "combined.pem"), "w") as f:
             f.write(open(cert).read() + open(key).read())
-        cfg = open(os.path.join(b.dir, "haproxy-auth.cfg")).read().replace(
-            f"bind 127.0.0.1:{PORTS['S3']}",
-            f"bind 127.0.0.1:{T3} ssl crt {b.dir}/combined.pem alpn h2,http/1.1")
+        cfg = haproxy.key_auth(f"127.0.0.1:{T3} ssl crt {b.dir}/combined.pem alpn h2,http/1.1",
+                               run.UPSTREAM, os.path.join(b.dir, "keys.map"))
         b.write("haproxy-tls.cfg", cfg)
         b.spawn("T3", ["haproxy", "-db", "-f", f"{b.dir}/haproxy-tls.cfg"], run.CORE_SUT, T3)
         b.args.gw_server = f'[server.tls]\ncert_path = "{cert}"\nkey_path = "{key}"\n'

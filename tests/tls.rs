@@ -370,13 +370,6 @@ upstream = "inbox"
     )
 }
 
-fn key_of(g: &Gateway) -> String {
-    g.create_key("support@example.com", "tls")["api_key"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 #[test]
 fn upstream_tls_verifies_the_certificate_and_name() {
     let echo = Upstream::start();
@@ -405,7 +398,7 @@ fn upstream_tls_verifies_the_certificate_and_name() {
             ),
             false,
         ));
-        let key = key_of(&g);
+        let key = g.api_key("support@example.com", "tls");
         let before = echo.count();
         let r = g.call("GET", "/v0/inboxes/support@example.com/messages", &key);
         assert_eq!(r.status, status, "{ca_path:?} {sni} {verify}: {}", r.text());
@@ -442,7 +435,7 @@ fn upstream_mutual_tls_presents_the_configured_client_certificate() {
     let base = format!("sni = \"inbox.internal\"\nca_path = \"{}\"", ca.display());
 
     let without = Gateway::start(&tls_upstream_toml(tls_up.addr, &base, false));
-    let k = key_of(&without);
+    let k = without.api_key("support@example.com", "tls");
     let r = without.call("GET", "/v0/inboxes/support@example.com/x", &k);
     assert_eq!(r.status, 502, "{}", r.text());
 
@@ -455,7 +448,7 @@ fn upstream_mutual_tls_presents_the_configured_client_certificate() {
         ),
         true,
     ));
-    let k = key_of(&with);
+    let k = with.api_key("support@example.com", "tls");
     let r = with.call("GET", "/v0/inboxes/support@example.com/x", &k);
     assert_eq!(r.status, 200, "{}", r.text());
     let shown = tls_up.client_certs.lock().unwrap().clone();
@@ -477,7 +470,7 @@ fn upstream_http2_over_tls() {
         ),
         false,
     ));
-    let key = key_of(&g);
+    let key = g.api_key("support@example.com", "tls");
     let r = g.call(
         "GET",
         "/v0/inboxes/support@example.com/threads?limit=2",

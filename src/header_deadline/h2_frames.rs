@@ -3,7 +3,8 @@
 //! incomplete, and stop while the connection idles or streams request bodies.
 
 /// The client connection preface (RFC 9113 §3.4), skipped before the first frame.
-const PREFACE_LEN: u8 = 24;
+pub(super) const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const PREFACE_LEN: u8 = PREFACE.len() as u8;
 const FRAME_HEADER_LEN: usize = 9;
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
@@ -103,8 +104,6 @@ mod tests {
         }
         s
     }
-
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
     #[test]
     fn the_preface_and_whole_frames_leave_nothing_pending() {

@@ -32,9 +32,6 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-/// The HTTP/2 client connection preface.
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
 /// Wraps a server app so each connection's request heads are read against a deadline.
 pub struct HeaderDeadline<A> {
     inner: Arc<A>,
@@ -69,9 +66,9 @@ impl<A> HeaderDeadline<A> {
     /// Whether a plaintext connection opens with the HTTP/2 preface (read within the
     /// deadline; a client that sends nothing is closed).
     async fn opens_with_h2_preface(&self, stream: &mut Stream) -> Option<bool> {
-        let mut buf = [0u8; 24];
+        let mut buf = [0u8; h2_frames::PREFACE.len()];
         match tokio::time::timeout(self.limit, stream.try_peek(&mut buf)).await {
-            Ok(Ok(true)) => Some(&buf == H2_PREFACE),
+            Ok(Ok(true)) => Some(&buf == h2_frames::PREFACE),
             Ok(Ok(false)) => Some(false),
             Ok(Err(_)) | Err(_) => None,
         }

@@ -69,20 +69,88 @@ fn read(path: &Path) -> Result<Vec<u8>, MaterialError> {
     })
 }
 
-/// The SHA-256 of both files' bytes, as `Pair::fingerprint`; cheap to poll.
-pub fn fingerprint(cert_path: &Path, key_path: &Path) -> Result<[u8; 32], MaterialError> {
-    let mut h = Sha256::new();
-    h.update(read(cert_path)?);
-    h.update([0u8]);
-    h.update(read(key_path)?);
-    Ok(h.finalize().into())
+/// A certificate file and a key file, read once: the fingerprint, the checks and the parsing
+/// all work on these bytes, so what is checked is what was fingerprinted.
+pub struct PairFiles {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+}
+
+impl PairFiles {
+    pub fn read(cert_path: &Path, key_path: &Path) -> Result<PairFiles, MaterialError> {
+        Ok(PairFiles {
+            cert_pem: read(cert_path)?,
+            key_pem: read(key_path)?,
+            cert_path: cert_path.to_owned(),
+            key_path: key_path.to_owned(),
+        })
+    }
+
+    /// The SHA-256 of both files' bytes, as `Pair::fingerprint`.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(&self.cert_pem);
+        h.update([0u8]);
+        h.update(&self.key_pem);
+        h.finalize().into()
+    }
+
+    /// The private key, parsed.
+    pub fn private_key(&self) -> Result<PrivateKeyDer<'static>, MaterialError> {
+        parse_private_key(&self.key_path, &self.key_pem)
+    }
+
+    /// The chain and its key, checked: they belong together and the leaf is valid at `now`
+    /// (Unix seconds).
+    pub fn check(&self, now: i64) -> Result<Pair, MaterialError> {
+        let (cert_path, key_path) = (&self.cert_path, &self.key_path);
+        let chain = parse_certificates(cert_path, &self.cert_pem)?;
+        let (not_before, not_after) = validity(cert_path, &chain[0])?;
+        if not_after <= now {
+            return Err(MaterialError::Expired {
+                path: cert_path.clone(),
+                when: rfc3339(not_after),
+            });
+        }
+        if not_before > now {
+            return Err(MaterialError::NotYetValid {
+                path: cert_path.clone(),
+                when: rfc3339(not_before),
+            });
+        }
+        let key = self.private_key()?;
+        let provider = rustls::crypto::ring::default_provider();
+        let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => MaterialError::Mismatch {
+                cert: cert_path.clone(),
+                key: key_path.clone(),
+            },
+            e => MaterialError::BadKey {
+                path: key_path.clone(),
+                message: e.to_string(),
+            },
+        })?;
+        Ok(Pair {
+            certified: Arc::new(certified),
+            not_after,
+            fingerprint: self.fingerprint(),
+        })
+    }
 }
 
 /// Every certificate in a PEM file, in order (leaf first for a chain).
 pub fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, MaterialError> {
-    let bytes = read(path)?;
+    parse_certificates(path, &read(path)?)
+}
+
+fn parse_certificates(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, MaterialError> {
     let mut out = Vec::new();
-    for (index, c) in CertificateDer::pem_slice_iter(&bytes).enumerate() {
+    for (index, c) in CertificateDer::pem_slice_iter(bytes).enumerate() {
         let c = c.map_err(|e| MaterialError::BadCertificate {
             path: path.to_owned(),
             index,
@@ -103,10 +171,9 @@ pub fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Materia
     Ok(out)
 }
 
-/// The first private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
-pub fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, MaterialError> {
-    let bytes = read(path)?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+/// The first private key in PEM bytes (PKCS#8, PKCS#1 or SEC1); `path` names them in errors.
+fn parse_private_key(path: &Path, bytes: &[u8]) -> Result<PrivateKeyDer<'static>, MaterialError> {
+    PrivateKeyDer::from_pem_slice(bytes).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => MaterialError::NoKey {
             path: path.to_owned(),
         },
@@ -152,41 +219,9 @@ fn rfc3339(secs: i64) -> String {
         .unwrap_or_else(|| secs.to_string())
 }
 
-/// Loads a certificate chain and its key, checking that they belong together and that the
-/// leaf is valid at `now` (Unix seconds).
+/// Reads a certificate chain and its key and checks them (see `PairFiles::check`).
 pub fn load_pair(cert_path: &Path, key_path: &Path, now: i64) -> Result<Pair, MaterialError> {
-    let fingerprint = fingerprint(cert_path, key_path)?;
-    let chain = certificates(cert_path)?;
-    let (not_before, not_after) = validity(cert_path, &chain[0])?;
-    if not_after <= now {
-        return Err(MaterialError::Expired {
-            path: cert_path.to_owned(),
-            when: rfc3339(not_after),
-        });
-    }
-    if not_before > now {
-        return Err(MaterialError::NotYetValid {
-            path: cert_path.to_owned(),
-            when: rfc3339(not_before),
-        });
-    }
-    let key = private_key(key_path)?;
-    let provider = rustls::crypto::ring::default_provider();
-    let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| match e {
-        rustls::Error::InconsistentKeys(_) => MaterialError::Mismatch {
-            cert: cert_path.to_owned(),
-            key: key_path.to_owned(),
-        },
-        e => MaterialError::BadKey {
-            path: key_path.to_owned(),
-            message: e.to_string(),
-        },
-    })?;
-    Ok(Pair {
-        certified: Arc::new(certified),
-        not_after,
-        fingerprint,
-    })
+    PairFiles::read(cert_path, key_path)?.check(now)
 }
 
 /// The current time in Unix seconds.

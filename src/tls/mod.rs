@@ -108,17 +108,18 @@ impl RotatingCert {
 
     /// Looks at the files; puts a changed, valid pair in service.
     pub fn check(&self, now: i64) -> Reload {
-        let fingerprint = match material::fingerprint(&self.cert_path, &self.key_path) {
+        let files = match material::PairFiles::read(&self.cert_path, &self.key_path) {
             Ok(f) => f,
             Err(e) => return self.refuse(None, e),
         };
+        let fingerprint = files.fingerprint();
         if fingerprint == self.current.read().fingerprint {
             return Reload::Unchanged;
         }
         if *self.refused.lock() == Some(fingerprint) {
             return Reload::StillRefused;
         }
-        match material::load_pair(&self.cert_path, &self.key_path, now) {
+        match files.check(now) {
             Ok(pair) => {
                 let not_after = pair.not_after;
                 *self.current.write() = pair;

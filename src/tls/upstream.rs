@@ -45,13 +45,11 @@ impl PeerTls {
         };
         let client = match &t.client_cert {
             Some((cert, key)) => {
-                // Checks the pair (match, validity) with the same rules as the listener's.
-                material::load_pair(cert, key, material::unix_now())?;
-                let chain = material::certificates(cert)?
-                    .into_iter()
-                    .map(|c| c.to_vec())
-                    .collect();
-                let key = material::private_key(key)?.secret_der().to_vec();
+                // Read once, checked with the same rules as the listener's pair.
+                let files = material::PairFiles::read(cert, key)?;
+                let pair = files.check(material::unix_now())?;
+                let chain = pair.certified.cert.iter().map(|c| c.to_vec()).collect();
+                let key = files.private_key()?.secret_der().to_vec();
                 Some(Arc::new(CertKey::new(chain, key)))
             }
             None => None,

@@ -448,7 +448,14 @@ listen = "127.0.0.1:{mport}"
         r.json()
     }
 
-    /// A proxied request with an API key.
+    /// Creates a key; returns its plaintext.
+    pub fn api_key(&self, inbox: &str, name: &str) -> String {
+        self.create_key(inbox, name)["api_key"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     /// Deletes a key through the management API (admin token).
     pub fn delete_key(&self, inbox: &str, api_key_id: &str) -> Resp {
         self.mgmt(
@@ -459,6 +466,7 @@ listen = "127.0.0.1:{mport}"
         )
     }
 
+    /// A proxied request with an API key.
     pub fn call(&self, method: &str, target: &str, key: &str) -> Resp {
         let auth = format!("Bearer {key}");
         self.req(method, target, &[("Authorization", &auth)], None)

@@ -120,14 +120,11 @@ impl Validator<'_> {
             s.header_read_timeout_ms
                 .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT_MS),
         )?;
-        let mut tls = match s.tls {
-            Some(t) => Some(self.tls(t, header_read_timeout_ms)?),
+        let http2 = self.http2(s.http2, s.tls.is_some())?;
+        let tls = match s.tls {
+            Some(t) => Some(self.tls(t, header_read_timeout_ms, http2.enabled)?),
             None => None,
         };
-        let http2 = self.http2(s.http2, tls.is_some())?;
-        if let Some(t) = tls.as_mut() {
-            t.http2 = http2.enabled;
-        }
         let pool = s
             .upstream_keepalive_pool_size
             .unwrap_or(DEFAULT_UPSTREAM_KEEPALIVE_POOL_SIZE);
@@ -157,6 +154,7 @@ impl Validator<'_> {
         &self,
         t: FileTls,
         header_read_timeout_ms: u64,
+        http2: bool,
     ) -> Result<crate::tls::FrontDoorSettings, ConfigError> {
         use crate::tls::MinVersion;
         let min_version = match t.min_version.as_deref() {
@@ -196,7 +194,7 @@ impl Validator<'_> {
             key_path,
             min_version,
             client_ca_path,
-            http2: true,
+            http2,
             handshake_timeout: Duration::from_millis(handshake),
             reload_interval: Duration::from_millis(reload),
         })
