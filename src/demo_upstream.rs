@@ -20,7 +20,7 @@ pub struct DemoUpstream;
 impl ServeHttp for DemoUpstream {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
-        let header = |name: &str| {
+        let header = |name: http::header::HeaderName| {
             req.headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())

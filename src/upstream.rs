@@ -1,11 +1,13 @@
 //! Upstream groups: round-robin over healthy addresses, health checks as background services.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
+use async_trait::async_trait;
+use pingora::lb::health_check::{HealthObserve, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
-use pingora::lb::LoadBalancer;
+use pingora::lb::{Backend, LoadBalancer};
 use pingora::protocols::ALPN;
 use pingora::services::background::{background_service, GenBackgroundService};
 use pingora::upstreams::peer::HttpPeer;
@@ -15,17 +17,53 @@ use crate::tls::upstream::PeerTls;
 
 /// One upstream group and its prepared peer settings.
 pub struct Upstream {
-    pub lb: Arc<LoadBalancer<RoundRobin>>,
+    /// Each address's health, as the checks last reported it.
+    health: Arc<Health>,
+    next: AtomicUsize,
     peer_template: HttpPeer,
 }
 
+/// The group's addresses, fixed at start-up (static discovery), each with a flag the health
+/// checks flip. The balancer keeps the same state, but reading it per request costs a SipHash
+/// of the backend and a map lookup; these flags cost one atomic load.
+struct Health {
+    addrs: Vec<SocketAddr>,
+    /// Starts true, as pingora's own health state does, until a check says otherwise.
+    healthy: Vec<AtomicBool>,
+}
+
+/// Hands the health checks' verdicts to [`Health`].
+struct Observer(Arc<Health>);
+
+#[async_trait]
+impl HealthObserve for Observer {
+    async fn observe(&self, target: &Backend, healthy: bool) {
+        let Some(addr) = target.addr.as_inet() else {
+            return;
+        };
+        if let Some(i) = self.0.addrs.iter().position(|a| a == addr) {
+            self.0.healthy[i].store(healthy, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Upstream {
-    /// Builds the group and the background service that runs its health checks; both share
-    /// one load balancer, so selection sees the health state.
+    /// Builds the group and the background service that runs its health checks; the checks
+    /// report each change of an address's health to the group.
     pub fn build(
         cfg: &UpstreamConfig,
     ) -> std::io::Result<(Upstream, GenBackgroundService<LoadBalancer<RoundRobin>>)> {
         let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(cfg.addresses.iter().copied())?;
+        let addrs: Vec<SocketAddr> = lb
+            .backends()
+            .get_backend()
+            .iter()
+            .filter_map(|b| b.addr.as_inet().copied())
+            .collect();
+        let health = Arc::new(Health {
+            healthy: addrs.iter().map(|_| AtomicBool::new(true)).collect(),
+            addrs,
+        });
         let mut peer_template = HttpPeer::new(cfg.addresses[0], cfg.tls.is_some(), String::new());
         peer_template.options.connection_timeout = Some(cfg.connect_timeout);
         peer_template.options.read_timeout = Some(cfg.read_timeout);
@@ -46,36 +84,52 @@ impl Upstream {
                     http::Uri::try_from(path.as_str())
                         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
                 );
+                hc.health_changed_callback = Some(Box::new(Observer(health.clone())));
                 lb.set_health_check(Box::new(hc));
             }
-            None => lb.set_health_check(TcpHealthCheck::new()),
+            None => {
+                let mut hc = TcpHealthCheck::new();
+                hc.health_changed_callback = Some(Box::new(Observer(health.clone())));
+                lb.set_health_check(hc);
+            }
         }
         lb.health_check_frequency = Some(cfg.health_check_interval);
         lb.parallel_health_check = true;
         let service = background_service(&format!("health check {}", cfg.name), lb);
         let upstream = Upstream {
-            lb: service.task(),
+            health,
+            next: AtomicUsize::new(0),
             peer_template,
         };
         Ok((upstream, service))
     }
 
-    /// Picks the next healthy address, round-robin.
+    /// Picks the next healthy address, round-robin. The balancer's own `select` would do the
+    /// same but allocates a set per call to skip repeats and hashes each backend it asks about.
     pub fn peer(&self) -> Option<Box<HttpPeer>> {
-        let backend = self.lb.select(b"", 256)?;
-        let addr: SocketAddr = *backend.addr.as_inet()?;
+        let h = &*self.health;
+        let n = h.addrs.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let i = (0..n)
+            .map(|i| start.wrapping_add(i) % n)
+            .find(|&i| h.healthy[i].load(Ordering::Relaxed))?;
+        let addr = h.addrs[i];
         let mut peer = Box::new(self.peer_template.clone());
         peer._address = pingora::protocols::l4::socket::SocketAddr::Inet(addr);
         Some(peer)
     }
 
+    /// How many addresses the group has.
+    pub fn addresses(&self) -> usize {
+        self.health.addrs.len()
+    }
+
     /// How many addresses pass their health check now.
     pub fn healthy_backends(&self) -> usize {
-        let backends = self.lb.backends();
-        backends
-            .get_backend()
+        self.health
+            .healthy
             .iter()
-            .filter(|b| backends.ready(b))
+            .filter(|h| h.load(Ordering::Relaxed))
             .count()
     }
 }

@@ -50,7 +50,12 @@ fn forwards_with_identity_headers_and_without_credential() {
     assert_eq!(req.all("x-agentry-pod-id"), ["pod_acme"]);
     assert!(req.all("authorization").is_empty());
     assert_eq!(req.all("x-forwarded-for"), ["127.0.0.1"]);
-    assert_eq!(req.all("x-forwarded-proto"), ["http"]);
+    // The scheme the client used: the h2 variant of this test runs over TLS.
+    let scheme = match transport() {
+        Transport::Plain => "http",
+        Transport::H2 => "https",
+    };
+    assert_eq!(req.all("x-forwarded-proto"), [scheme]);
     assert_eq!(req.all("x-request-id"), ["client-req-1"]);
     // A malformed request id is replaced by a generated one, echoed to the client.
     let r = g.req(
@@ -65,6 +70,50 @@ fn forwards_with_identity_headers_and_without_credential() {
     let rid = r.header("x-request-id").unwrap().to_owned();
     assert_eq!(rid.len(), 32);
     assert_eq!(up.requests()[1].all("x-request-id"), [rid.as_str()]);
+}
+
+/// Names reach the upstream in one spelling whatever the client sent (HTTP/1.1 in any case,
+/// HTTP/2 lower-case): the common names pingora title-cases (`Host`, `Content-Type`, ...) so,
+/// every other name lower-case.
+fn header_names_reach_the_upstream_in_canonical_case() {
+    let (g, up) = setup();
+    let (key, _) = key_for(&g, SUPPORT);
+    let auth = format!("Bearer {key}");
+    let r = g.req(
+        "GET",
+        "/v0/inboxes/support@example.com/m",
+        &[
+            ("authorization", &auth),
+            ("CONTENT-TYPE", "text/plain"),
+            ("X-Custom-Thing", "1"),
+            ("aCCept", "*/*"),
+        ],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = &up.requests()[0];
+    for expected in [
+        "Host",
+        "Content-Type",
+        "accept",
+        "x-custom-thing",
+        "x-agentry-api-key-id",
+        "x-agentry-inbox-id",
+        "x-agentry-pod-id",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-request-id",
+    ] {
+        let spellings: Vec<&str> = got
+            .headers
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| k.eq_ignore_ascii_case(expected))
+            .collect();
+        assert_eq!(spellings, [expected], "{:?}", got.headers);
+    }
+    assert_eq!(got.all("x-custom-thing"), ["1"]);
+    assert_eq!(got.all("accept"), ["*/*"]);
 }
 
 fn percent_encoded_inbox_segment_matches_once_decoded() {
@@ -573,6 +622,7 @@ on_every_store!(
     a_permission_revoked_by_patch_is_refused_on_the_next_request,
     an_expired_key_is_refused_like_an_unknown_one_even_when_cached,
     forwards_with_identity_headers_and_without_credential,
+    header_names_reach_the_upstream_in_canonical_case,
     percent_encoded_inbox_segment_matches_once_decoded,
     spoofed_identity_headers_are_removed,
     auth_failures_answer_identically,

@@ -136,6 +136,42 @@ fn tls_12_and_13_are_served_and_10_and_11_refused() {
 }
 
 #[test]
+fn the_upstream_hears_https_from_a_tls_client() {
+    let up = Upstream::start();
+    let (g, pki, _dir) = tls_gateway("", &upstream_toml(&[up.addr], ""));
+    let config = client_config(
+        &pki.ca_pem,
+        &[b"http/1.1"],
+        &[&rustls::version::TLS13],
+        None,
+    );
+    let [(k, v)] = admin();
+    let r = h1_tls_request(
+        g.addr,
+        config.clone(),
+        "POST",
+        KEYS,
+        &[(k, &v), ("Content-Type", "application/json")],
+        Some(br#"{"name":"tls"}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let auth = format!("Bearer {}", r.json()["api_key"].as_str().unwrap());
+    let r = h1_tls_request(
+        g.addr,
+        config,
+        "GET",
+        "/v0/inboxes/support@example.com/m",
+        // A client's own claim is replaced, whatever it says.
+        &[("Authorization", &auth), ("X-Forwarded-Proto", "http")],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = up.requests();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].all("x-forwarded-proto"), ["https"]);
+}
+
+#[test]
 fn min_version_13_refuses_tls_12() {
     let (g, pki, _dir) = tls_gateway("min_version = \"1.3\"", "");
     let tls12 = client_config(&pki.ca_pem, &[], &[&rustls::version::TLS12], None);

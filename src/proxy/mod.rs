@@ -31,23 +31,24 @@ use crate::target::{
 use crate::upstream::Upstream;
 
 mod answers;
+mod headers;
 mod request_id;
 
 use answers::{classify, has_body, insufficient_permission, target_answer, NO_HEALTHY_BACKEND};
 pub use request_id::RequestIds;
 
-// Header names are `&'static str` where pingora inserts them: its case-preserving map then
-// takes them without allocating (a `HeaderName` would be copied and title-cased per request).
-pub const H_API_KEY_ID: &str = "x-agentry-api-key-id";
-pub const H_INBOX_ID: &str = "x-agentry-inbox-id";
-pub const H_POD_ID: &str = "x-agentry-pod-id";
-pub const H_REQUEST_ID: &str = "x-request-id";
-const H_FORWARDED_FOR: &str = "x-forwarded-for";
-const H_FORWARDED_PROTO: &str = "x-forwarded-proto";
+// Prebuilt names: inserted into the `http` map directly (see `headers`), they cost nothing.
+pub const H_API_KEY_ID: HeaderName = HeaderName::from_static("x-agentry-api-key-id");
+pub const H_INBOX_ID: HeaderName = HeaderName::from_static("x-agentry-inbox-id");
+pub const H_POD_ID: HeaderName = HeaderName::from_static("x-agentry-pod-id");
+pub const H_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const H_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const H_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 const BEARER: HeaderValue = HeaderValue::from_static("Bearer");
 const HTTP: HeaderValue = HeaderValue::from_static("http");
+const HTTPS: HeaderValue = HeaderValue::from_static("https");
 
 /// The gateway: everything a request needs, built once at start-up.
 pub struct Gateway {
@@ -148,19 +149,20 @@ impl Gateway {
         if a.close || (a.reason.is_some() && has_body(session.req_header())) {
             session.set_keepalive(None);
         }
-        let mut h = ResponseHeader::build(a.status, Some(6))?;
-        h.insert_header(header::CACHE_CONTROL, NO_STORE)?;
+        let mut parts = headers::own_response(a.status, 6)?;
+        let h = &mut parts.headers;
+        h.insert(header::CACHE_CONTROL, NO_STORE);
         if let Some(id) = &ctx.request_id {
-            h.insert_header(H_REQUEST_ID, id.clone())?;
+            h.insert(H_REQUEST_ID, id.clone());
         }
         if a.www_authenticate {
-            h.insert_header(header::WWW_AUTHENTICATE, BEARER)?;
+            h.insert(header::WWW_AUTHENTICATE, BEARER);
         }
         if let Some(allow) = a.allow.clone() {
-            h.insert_header(header::ALLOW, allow)?;
+            h.insert(header::ALLOW, allow);
         }
         if let Some(secs) = a.retry_after {
-            h.insert_header(header::RETRY_AFTER, secs)?;
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         let body = match a.body {
             Body::Empty => None,
@@ -169,12 +171,18 @@ impl Gateway {
         };
         match body {
             Some(body) => {
-                h.insert_header(header::CONTENT_TYPE, APPLICATION_JSON)?;
-                h.insert_header(header::CONTENT_LENGTH, body.len())?;
-                session.write_response_header(Box::new(h), false).await?;
+                h.insert(header::CONTENT_TYPE, APPLICATION_JSON);
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+                session
+                    .write_response_header(Box::new(parts.into()), false)
+                    .await?;
                 session.write_response_body(Some(body), true).await?;
             }
-            None => session.write_response_header(Box::new(h), true).await?,
+            None => {
+                session
+                    .write_response_header(Box::new(parts.into()), true)
+                    .await?
+            }
         }
         Ok(())
     }
@@ -402,7 +410,6 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        ctx.start = Instant::now();
         ctx.request_id = Some(
             self.request_ids
                 .pick(session.req_header().headers.get(H_REQUEST_ID)),
@@ -439,7 +446,7 @@ impl ProxyHttp for Gateway {
         // One retry on another address: covers the window before a health check notices.
         let many = ctx
             .upstream
-            .is_some_and(|u| self.upstreams[u].lb.backends().get_backend().len() > 1);
+            .is_some_and(|u| self.upstreams[u].addresses() > 1);
         if many && ctx.connect_retries == 0 {
             ctx.connect_retries += 1;
             e.set_retry(true);
@@ -456,37 +463,52 @@ impl ProxyHttp for Gateway {
         let Some(id) = ctx.identity.as_ref() else {
             return Error::e_explain(ErrorType::InternalError, "unauthenticated request upstream");
         };
-        req.remove_header(&header::AUTHORIZATION);
-        req.remove_header(&header::PROXY_AUTHORIZATION);
-        // Hop-by-hop: a client's `Connection: x-agentry-...` must not nominate our headers.
-        req.remove_header(&header::CONNECTION);
-        let spoofed: Vec<HeaderName> = req
-            .headers
-            .keys()
-            .filter(|n| is_identity_namespace(n))
-            .cloned()
-            .collect();
-        for name in &spoofed {
-            req.remove_header(name);
-        }
-        req.insert_header(H_API_KEY_ID, id.api_key_id.clone())?;
-        req.insert_header(H_INBOX_ID, id.inbox.inbox_id.clone())?;
-        if let Some(pod) = &id.inbox.pod_id {
-            req.insert_header(H_POD_ID, pod.clone())?;
-        }
-        if let Some(PingoraAddr::Inet(addr)) = session.client_addr() {
-            let xff = self
-                .trusted_proxies
-                .forwarded_for(addr.ip(), req.headers.get_all(H_FORWARDED_FOR).iter());
-            req.insert_header(H_FORWARDED_FOR, xff)?;
+        // The listener's own scheme, per connection: TLS is terminated here or not at all.
+        let proto = if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
+            HTTPS
         } else {
-            req.remove_header(H_FORWARDED_FOR);
-        }
-        req.insert_header(H_FORWARDED_PROTO, HTTP)?;
-        if let Some(rid) = &ctx.request_id {
-            req.insert_header(H_REQUEST_ID, rid.clone())?;
-        }
-        Ok(())
+            HTTP
+        };
+        let client = match session.client_addr() {
+            Some(PingoraAddr::Inet(addr)) => Some(addr.ip()),
+            _ => None,
+        };
+        headers::edit_request(req, |req| {
+            let h = &mut req.headers;
+            h.remove(header::AUTHORIZATION);
+            h.remove(header::PROXY_AUTHORIZATION);
+            // Hop-by-hop: a client's `Connection: x-agentry-...` must not nominate our headers.
+            h.remove(header::CONNECTION);
+            let spoofed: Vec<HeaderName> = h
+                .keys()
+                .filter(|n| is_identity_namespace(n))
+                .cloned()
+                .collect();
+            for name in &spoofed {
+                h.remove(name);
+            }
+            h.reserve(6);
+            h.insert(H_API_KEY_ID, id.api_key_id.clone());
+            h.insert(H_INBOX_ID, id.inbox.inbox_id.clone());
+            if let Some(pod) = &id.inbox.pod_id {
+                h.insert(H_POD_ID, pod.clone());
+            }
+            match client {
+                Some(ip) => {
+                    let xff = self
+                        .trusted_proxies
+                        .forwarded_for(ip, h.get_all(H_FORWARDED_FOR).iter());
+                    h.insert(H_FORWARDED_FOR, xff);
+                }
+                None => {
+                    h.remove(H_FORWARDED_FOR);
+                }
+            }
+            h.insert(H_FORWARDED_PROTO, proto);
+            if let Some(rid) = &ctx.request_id {
+                h.insert(H_REQUEST_ID, rid.clone());
+            }
+        })
     }
 
     async fn response_filter(
@@ -499,7 +521,7 @@ impl ProxyHttp for Gateway {
             self.metrics.upstream_responses[u].inc(resp.status.as_u16());
         }
         if let Some(rid) = &ctx.request_id {
-            resp.insert_header(H_REQUEST_ID, rid.clone())?;
+            headers::edit_response(resp, |r| r.headers.insert(H_REQUEST_ID, rid.clone()))?;
         }
         Ok(())
     }
