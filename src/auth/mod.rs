@@ -4,4 +4,4 @@ pub mod limiter;
 pub mod usage;
 pub mod verifier;
 
-pub use verifier::{ApiKeyIdentity, AuthFailure, Verifier};
+pub use verifier::{ApiKeyIdentity, AuthFailure, ClientAddr, Verifier};

@@ -62,25 +62,13 @@ fn inbox_id(raw: &[u8]) -> Result<String, ApiError> {
 /// Whether a raw path is the key-managed API (`/v0/inboxes/{inbox_id}/api-keys[/{id}]`):
 /// answered by the gateway for an API key of that inbox, never proxied.
 pub fn is_key_management_path(path: &[u8]) -> bool {
-    let mut segs = path.split(|&b| b == b'/');
-    let head = (
-        segs.next(),
-        segs.next(),
-        segs.next(),
-        segs.next(),
-        segs.next(),
-    );
-    let rest = segs.count();
-    matches!(
-        head,
-        (
-            Some(b""),
-            Some(b"v0"),
-            Some(b"inboxes"),
-            Some(_),
-            Some(b"api-keys")
-        )
-    ) && rest <= 1
+    // Asked of every proxied path: most fail at the prefix, before any splitting.
+    let Some(rest) = path.strip_prefix(b"/v0/inboxes/") else {
+        return false;
+    };
+    let mut segs = rest.split(|&b| b == b'/');
+    let _inbox = segs.next();
+    segs.next() == Some(b"api-keys") && segs.nth(1).is_none()
 }
 
 /// Which API a management path is under.

@@ -16,7 +16,7 @@ use pingora::{Error, ErrorType};
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::answer::{self, Answer, Body};
 use crate::auth::usage::UsageRecorder;
-use crate::auth::{ApiKeyIdentity, AuthFailure, Verifier};
+use crate::auth::{ApiKeyIdentity, AuthFailure, ClientAddr, Verifier};
 use crate::client_ip::TrustedProxies;
 use crate::clock::now_us;
 use crate::config::{Requirements, RouteConfig};
@@ -187,16 +187,20 @@ impl Gateway {
         Ok(())
     }
 
-    /// The client's address, honouring `X-Forwarded-For` only from trusted proxies.
-    fn client_ip(&self, session: &Session) -> Option<std::net::IpAddr> {
+    /// The client's address, honouring `X-Forwarded-For` only from trusted proxies; worked
+    /// out only if the verifier asks (a cache hit does not).
+    fn client_ip<'a>(&'a self, session: &'a Session) -> impl ClientAddr + 'a {
         let peer = match session.client_addr() {
-            Some(PingoraAddr::Inet(a)) => a.ip(),
-            _ => return None,
+            Some(PingoraAddr::Inet(a)) => Some(a.ip()),
+            _ => None,
         };
-        Some(self.trusted_proxies.client_ip(
-            peer,
-            session.req_header().headers.get_all(H_FORWARDED_FOR).iter(),
-        ))
+        let headers = &session.req_header().headers;
+        move || {
+            peer.map(|p| {
+                self.trusted_proxies
+                    .client_ip(p, headers.get_all(H_FORWARDED_FOR).iter())
+            })
+        }
     }
 
     /// Step 1: framing and header limits (pingora #945 and friends).
@@ -274,7 +278,7 @@ impl Gateway {
             path: raw[..bounds.path_end].to_vec(),
             query: raw[bounds.query_start..].to_vec(),
             headers: h.headers.clone(),
-            client: self.client_ip(session),
+            client: self.client_ip(session).ip(),
         }
     }
 

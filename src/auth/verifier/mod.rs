@@ -33,6 +33,24 @@ mod inboxes;
 pub use inboxes::InboxHeaders;
 use inboxes::{shared_value, Inboxes};
 
+/// The client's address, for the failed-authentication limit: a value, or a function asked
+/// only when a failure or a store lookup needs it (a cache hit never does).
+pub trait ClientAddr: Send + Sync {
+    fn ip(&self) -> Option<IpAddr>;
+}
+
+impl ClientAddr for Option<IpAddr> {
+    fn ip(&self) -> Option<IpAddr> {
+        *self
+    }
+}
+
+impl<F: Fn() -> Option<IpAddr> + Send + Sync> ClientAddr for F {
+    fn ip(&self) -> Option<IpAddr> {
+        self()
+    }
+}
+
 /// Who a valid API key is: what upstreams are told, and its in-memory usage mark.
 pub struct ApiKeyIdentity {
     pub api_key_id: HeaderValue,
@@ -245,12 +263,12 @@ impl Verifier {
     pub async fn authenticate(
         &self,
         headers: &HeaderMap,
-        client: Option<IpAddr>,
+        client: impl ClientAddr,
     ) -> Result<Arc<ApiKeyIdentity>, AuthFailure> {
         let key = match bearer_credential(headers) {
             Ok(key) => key,
             Err(AuthFailure::Missing) => return Err(AuthFailure::Missing),
-            Err(f) => return Err(self.failed(client, f)),
+            Err(f) => return Err(self.failed(&client, f)),
         };
         self.authenticate_key(key, client).await
     }
@@ -259,13 +277,13 @@ impl Verifier {
     pub async fn authenticate_key(
         &self,
         key: &[u8],
-        client: Option<IpAddr>,
+        client: impl ClientAddr,
     ) -> Result<Arc<ApiKeyIdentity>, AuthFailure> {
-        let id = self.identify(key, client).await?;
+        let id = self.identify(key, &client).await?;
         // Expiry is checked on every use, cached or not, against a clock at most
         // `clock::COARSE_TICK` (5 ms) old: a key may outlive its `expires_at` by that much.
         if id.expires_at_us != i64::MAX && coarse_now_us() >= id.expires_at_us {
-            return Err(self.failed(client, AuthFailure::Expired));
+            return Err(self.failed(&client, AuthFailure::Expired));
         }
         Ok(id)
     }
@@ -273,7 +291,7 @@ impl Verifier {
     async fn identify(
         &self,
         key: &[u8],
-        client: Option<IpAddr>,
+        client: &impl ClientAddr,
     ) -> Result<Arc<ApiKeyIdentity>, AuthFailure> {
         let hash = match self.check_cached(key).await {
             Ok(Cached::Hit(id)) if self.feed.cache_trusted() => return Ok(id),
@@ -284,7 +302,7 @@ impl Verifier {
         // Only misses reach the store: gate them on the client's failures, exactly.
         let reservation = self
             .limiter
-            .reserve(client)
+            .reserve(client.ip())
             .map_err(AuthFailure::RateLimited)?;
         match self.load(hash).await {
             Ok(id) => {
@@ -316,8 +334,8 @@ impl Verifier {
     }
 
     /// A failure that needed no store query: counted, or 429 once the client is at its limit.
-    fn failed(&self, client: Option<IpAddr>, f: AuthFailure) -> AuthFailure {
-        match self.limiter.fail(client) {
+    fn failed(&self, client: &impl ClientAddr, f: AuthFailure) -> AuthFailure {
+        match self.limiter.fail(client.ip()) {
             Ok(()) => f,
             Err(b) => AuthFailure::RateLimited(b),
         }
