@@ -201,7 +201,7 @@ pub fn check_request_line(
         .position(|&b| b != b'\r' && b != b'\n')
         .unwrap_or(raw_head.len());
     let head = &raw_head[start..];
-    let end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
+    let end = memchr::memchr(b'\n', head).unwrap_or(head.len());
     let line = head[..end].strip_suffix(b"\r").unwrap_or(&head[..end]);
     let rest = line
         .strip_prefix(method)
