@@ -486,6 +486,28 @@ mod scan_equivalence {
         state
     }
 
+    /// Feeds `bytes`, cut at `cuts`, to a scanner and to its definition; the states must agree
+    /// after every piece.
+    fn same_in_pieces<S: Copy + PartialEq + std::fmt::Debug>(
+        start: S,
+        bytes: &[u8],
+        cuts: Vec<usize>,
+        fast: fn(S, &[u8]) -> S,
+        slow: fn(S, &[u8]) -> S,
+    ) -> Result<(), TestCaseError> {
+        let mut cuts: Vec<usize> = cuts.into_iter().filter(|&c| c <= bytes.len()).collect();
+        cuts.sort_unstable();
+        let (mut f, mut s) = (start, start);
+        let mut at = 0;
+        for end in cuts.into_iter().chain(std::iter::once(bytes.len())) {
+            f = fast(f, &bytes[at..end]);
+            s = slow(s, &bytes[at..end]);
+            prop_assert_eq!(f, s);
+            at = end;
+        }
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4096))]
         #[test]
@@ -496,16 +518,7 @@ mod scan_equivalence {
             ], 0..300),
             cuts in proptest::collection::vec(0usize..300, 0..6),
         ) {
-            let mut cuts: Vec<usize> = cuts.into_iter().filter(|&c| c <= bytes.len()).collect();
-            cuts.sort_unstable();
-            let (mut fast, mut slow) = (RequestLine::Before, RequestLine::Before);
-            let mut at = 0;
-            for end in cuts.into_iter().chain(std::iter::once(bytes.len())) {
-                fast = scan_line(fast, &bytes[at..end]);
-                slow = reference_line(slow, &bytes[at..end]);
-                prop_assert_eq!(fast, slow);
-                at = end;
-            }
+            same_in_pieces(RequestLine::Before, &bytes, cuts, scan_line, reference_line)?;
         }
 
         #[test]
@@ -515,16 +528,7 @@ mod scan_equivalence {
             ], 0..40),
             cuts in proptest::collection::vec(0usize..40, 0..6),
         ) {
-            let mut cuts: Vec<usize> = cuts.into_iter().filter(|&c| c <= bytes.len()).collect();
-            cuts.sort_unstable();
-            let (mut fast, mut slow) = (Phase::Fresh, Phase::Fresh);
-            let mut at = 0;
-            for end in cuts.into_iter().chain(std::iter::once(bytes.len())) {
-                fast = scan(fast, &bytes[at..end]);
-                slow = reference(slow, &bytes[at..end]);
-                prop_assert_eq!(fast, slow);
-                at = end;
-            }
+            same_in_pieces(Phase::Fresh, &bytes, cuts, scan, reference)?;
         }
     }
 }
