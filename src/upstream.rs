@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pingora::lb::health_check::{HealthObserve, HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::health_check::{
+    HealthObserve, HealthObserveCallback, HttpHealthCheck, TcpHealthCheck,
+};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, LoadBalancer};
 use pingora::protocols::ALPN;
@@ -27,9 +29,13 @@ pub struct Upstream {
 /// checks flip. The balancer keeps the same state, but reading it per request costs a SipHash
 /// of the backend and a map lookup; these flags cost one atomic load.
 struct Health {
-    addrs: Vec<SocketAddr>,
+    addresses: Vec<Address>,
+}
+
+struct Address {
+    addr: SocketAddr,
     /// Starts true, as pingora's own health state does, until a check says otherwise.
-    healthy: Vec<AtomicBool>,
+    healthy: AtomicBool,
 }
 
 /// Hands the health checks' verdicts to [`Health`].
@@ -41,8 +47,8 @@ impl HealthObserve for Observer {
         let Some(addr) = target.addr.as_inet() else {
             return;
         };
-        if let Some(i) = self.0.addrs.iter().position(|a| a == addr) {
-            self.0.healthy[i].store(healthy, Ordering::Relaxed);
+        if let Some(a) = self.0.addresses.iter().find(|a| a.addr == *addr) {
+            a.healthy.store(healthy, Ordering::Relaxed);
         }
     }
 }
@@ -53,17 +59,22 @@ impl Upstream {
     pub fn build(
         cfg: &UpstreamConfig,
     ) -> std::io::Result<(Upstream, GenBackgroundService<LoadBalancer<RoundRobin>>)> {
+        // The balancer here only runs the health checks (and dedupes the addresses); `peer`
+        // does the selection.
         let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(cfg.addresses.iter().copied())?;
-        let addrs: Vec<SocketAddr> = lb
-            .backends()
-            .get_backend()
-            .iter()
-            .filter_map(|b| b.addr.as_inet().copied())
-            .collect();
         let health = Arc::new(Health {
-            healthy: addrs.iter().map(|_| AtomicBool::new(true)).collect(),
-            addrs,
+            addresses: lb
+                .backends()
+                .get_backend()
+                .iter()
+                .filter_map(|b| b.addr.as_inet().copied())
+                .map(|addr| Address {
+                    addr,
+                    healthy: AtomicBool::new(true),
+                })
+                .collect(),
         });
+        let observer = || Some(Box::new(Observer(health.clone())) as HealthObserveCallback);
         let mut peer_template = HttpPeer::new(cfg.addresses[0], cfg.tls.is_some(), String::new());
         peer_template.options.connection_timeout = Some(cfg.connect_timeout);
         peer_template.options.read_timeout = Some(cfg.read_timeout);
@@ -84,12 +95,12 @@ impl Upstream {
                     http::Uri::try_from(path.as_str())
                         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
                 );
-                hc.health_changed_callback = Some(Box::new(Observer(health.clone())));
+                hc.health_changed_callback = observer();
                 lb.set_health_check(Box::new(hc));
             }
             None => {
                 let mut hc = TcpHealthCheck::new();
-                hc.health_changed_callback = Some(Box::new(Observer(health.clone())));
+                hc.health_changed_callback = observer();
                 lb.set_health_check(hc);
             }
         }
@@ -107,13 +118,13 @@ impl Upstream {
     /// Picks the next healthy address, round-robin. The balancer's own `select` would do the
     /// same but allocates a set per call to skip repeats and hashes each backend it asks about.
     pub fn peer(&self) -> Option<Box<HttpPeer>> {
-        let h = &*self.health;
-        let n = h.addrs.len();
+        let addrs = &self.health.addresses;
+        let n = addrs.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let i = (0..n)
-            .map(|i| start.wrapping_add(i) % n)
-            .find(|&i| h.healthy[i].load(Ordering::Relaxed))?;
-        let addr = h.addrs[i];
+        let addr = (0..n)
+            .map(|i| &addrs[start.wrapping_add(i) % n])
+            .find(|a| a.healthy.load(Ordering::Relaxed))?
+            .addr;
         let mut peer = Box::new(self.peer_template.clone());
         peer._address = pingora::protocols::l4::socket::SocketAddr::Inet(addr);
         Some(peer)
@@ -121,15 +132,15 @@ impl Upstream {
 
     /// How many addresses the group has.
     pub fn addresses(&self) -> usize {
-        self.health.addrs.len()
+        self.health.addresses.len()
     }
 
     /// How many addresses pass their health check now.
     pub fn healthy_backends(&self) -> usize {
         self.health
-            .healthy
+            .addresses
             .iter()
-            .filter(|h| h.load(Ordering::Relaxed))
+            .filter(|a| a.healthy.load(Ordering::Relaxed))
             .count()
     }
 }

@@ -9,8 +9,9 @@
 //!
 //! What changes for the peer: header names go out in one spelling whatever the client sent
 //! (pingora title-cases a dozen common names such as `Host` and `Content-Type`, the rest go
-//! lower-case, as from any HTTP/2 hop); names are case-insensitive in HTTP. What does not: the request target (an absolute-form or
-//! non-UTF-8 target is restored byte for byte) and a custom reason phrase.
+//! lower-case, as from any HTTP/2 hop); names are case-insensitive in HTTP. What does not:
+//! the request target (an absolute-form or non-UTF-8 target is restored byte for byte) and a
+//! custom reason phrase.
 
 use http::{request, response, Request, Response};
 use pingora::http::{RequestHeader, ResponseHeader};

@@ -95,6 +95,14 @@ fn is_identity_namespace(name: &HeaderName) -> bool {
             .eq(b"x-agentry-".iter().copied())
 }
 
+/// The address of the connection's other end (none on a Unix socket).
+fn peer_ip(session: &Session) -> Option<std::net::IpAddr> {
+    match session.client_addr() {
+        Some(PingoraAddr::Inet(a)) => Some(a.ip()),
+        _ => None,
+    }
+}
+
 /// The pingora session as a management [`BodySource`].
 struct SessionBody<'a>(&'a mut Session);
 
@@ -190,10 +198,7 @@ impl Gateway {
     /// The client's address, honouring `X-Forwarded-For` only from trusted proxies; worked
     /// out only if the verifier asks (a cache hit does not).
     fn client_ip<'a>(&'a self, session: &'a Session) -> impl ClientAddr + 'a {
-        let peer = match session.client_addr() {
-            Some(PingoraAddr::Inet(a)) => Some(a.ip()),
-            _ => None,
-        };
+        let peer = peer_ip(session);
         let headers = &session.req_header().headers;
         move || {
             peer.map(|p| {
@@ -473,10 +478,7 @@ impl ProxyHttp for Gateway {
         } else {
             HTTP
         };
-        let client = match session.client_addr() {
-            Some(PingoraAddr::Inet(addr)) => Some(addr.ip()),
-            _ => None,
-        };
+        let client = peer_ip(session);
         headers::edit_request(req, |req| {
             let h = &mut req.headers;
             h.remove(header::AUTHORIZATION);
