@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Method};
 
+use crate::auth::verifier::KeyId;
 use crate::metrics::Metrics;
 
 /// Lines buffered before new ones are dropped (and counted).
@@ -17,7 +18,7 @@ pub struct AccessRecord {
     pub path: String,
     pub status: u16,
     pub micros: u64,
-    pub api_key_id: Option<HeaderValue>,
+    pub api_key_id: Option<KeyId>,
     pub request_id: Option<HeaderValue>,
 }
 
@@ -58,10 +59,7 @@ fn write_loop(rx: Receiver<AccessRecord>) {
                 r.path,
                 r.status,
                 r.micros,
-                r.api_key_id
-                    .as_ref()
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-"),
+                r.api_key_id.as_ref().map_or("-", KeyId::as_str),
                 r.request_id
                     .as_ref()
                     .and_then(|v| v.to_str().ok())

@@ -71,8 +71,10 @@ pub const DEFAULT_OPT_IN: &[&str] = &["agent_armor_release", "app_connect"];
 /// Most names a vocabulary may hold (the width of a set).
 pub const MAX_NAMES: usize = 128;
 
-/// A set of permissions, as bits over a vocabulary.
+/// A set of permissions, as bits over a vocabulary. Packed (alignment 1): a `u128` would
+/// align every cached identity holding one to 16 bytes and pad it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(C, packed)]
 pub struct PermissionSet(pub u128);
 
 impl PermissionSet {
@@ -292,7 +294,7 @@ mod tests {
         assert!(Vocabulary::new(vec!["a".into()], &["b"]).is_err());
         let many: Vec<String> = (0..128).map(|i| format!("p{i}")).collect();
         let v = Vocabulary::new(many.clone(), &[] as &[&str]).unwrap();
-        assert_eq!(v.default_set().0, u128::MAX);
+        assert_eq!({ v.default_set().0 }, u128::MAX);
         let mut too_many = many;
         too_many.push("x".into());
         assert!(Vocabulary::new(too_many, &[] as &[&str]).is_err());

@@ -494,7 +494,7 @@ impl ProxyHttp for Gateway {
                 h.remove(name);
             }
             h.reserve(6);
-            h.insert(H_API_KEY_ID, id.api_key_id.clone());
+            h.insert(H_API_KEY_ID, id.api_key_id.header_value());
             h.insert(H_INBOX_ID, id.inbox.inbox_id.clone());
             if let Some(pod) = &id.inbox.pod_id {
                 h.insert(H_POD_ID, pod.clone());

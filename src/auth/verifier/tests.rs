@@ -8,7 +8,7 @@ mod parsing {
         for v in values {
             h.append(
                 http::header::AUTHORIZATION,
-                HeaderValue::from_str(v).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
             );
         }
         h
@@ -200,11 +200,76 @@ mod pipeline {
         );
     }
 
+    /// Every key in one cache slot: two keys sharing a slot are told apart by their full
+    /// hashes, each gets its own identity (never the other's), and deleting one leaves the
+    /// other working.
+    #[tokio::test]
+    async fn keys_sharing_a_cache_slot_keep_their_own_identities() {
+        let (store, v, a) = setup().await;
+        let mut v = v;
+        v.slot = |_| 7;
+        let format = KeyFormat::new("agk");
+        let m = format.generate();
+        store.add_key("key_2", "j@x", m.hash);
+        let b = m.plaintext;
+        for _ in 0..3 {
+            let ia = v.authenticate_key(a.as_bytes(), None).await.unwrap();
+            assert_eq!(ia.api_key_id_str(), "key_1");
+            let ib = v.authenticate_key(b.as_bytes(), None).await.unwrap();
+            assert_eq!(ib.api_key_id_str(), "key_2");
+            assert_eq!(ib.inbox.inbox_id, "j@x");
+        }
+        // Concurrently, with slow lookups (coalesced lookups of one slot for two keys).
+        *store.lookup_delay.lock() = Some(Duration::from_millis(20));
+        v.positive.invalidate_all();
+        let v = Arc::new(v);
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let v = v.clone();
+                let (key, id) = if i % 2 == 0 {
+                    (a.clone(), "key_1")
+                } else {
+                    (b.clone(), "key_2")
+                };
+                tokio::spawn(async move {
+                    let got = v.authenticate_key(key.as_bytes(), None).await.unwrap();
+                    assert_eq!(got.api_key_id_str(), id);
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        *store.lookup_delay.lock() = None;
+        // An unknown key of the same slot is unknown, and does not evict the others' answers.
+        let unknown = format.generate().plaintext;
+        assert_eq!(
+            v.authenticate_key(unknown.as_bytes(), None).await.err(),
+            Some(AuthFailure::Unknown)
+        );
+        // Deleting one key of the slot: it stops, the other goes on.
+        store.delete_key("j@x", "key_2").await.unwrap();
+        v.revoke(&hash_secret(b.as_bytes())).await;
+        assert_eq!(
+            v.authenticate_key(b.as_bytes(), None).await.err(),
+            Some(AuthFailure::Unknown)
+        );
+        let ia = v.authenticate_key(a.as_bytes(), None).await.unwrap();
+        assert_eq!(ia.api_key_id_str(), "key_1");
+    }
+
+    /// A cached identity fits one 144-byte heap block (with the `Arc` counts and malloc's
+    /// 8-byte header): the memory per cached key in the README counts on it.
+    #[test]
+    fn a_cached_identity_fits_its_heap_block() {
+        assert!(std::mem::size_of::<ApiKeyIdentity>() <= 144 - 16 - 8);
+    }
+
     fn headers_with(key: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(
             http::header::AUTHORIZATION,
-            HeaderValue::from_str(&format!("Bearer {key}")).unwrap(),
+            http::HeaderValue::from_str(&format!("Bearer {key}")).unwrap(),
         );
         h
     }
