@@ -243,8 +243,10 @@ fn an_unreachable_database_fails_closed_and_heals() {
         Duration::from_secs(10),
         || g.metric("agentry_gateway_revocation_listener_up") == 1.0,
     );
-    proxy.cut();
+    // Timed from before the cut: the listener may notice the first closed connection (and
+    // start the bound) before `cut` returns, on a loaded machine by more than a few ms.
     let cut_at = Instant::now();
+    proxy.cut();
     // Uncached keys: 503 at once; management: 503; readiness: 503.
     let r = g.call("GET", P, &uncached);
     assert_eq!(r.status, 503);

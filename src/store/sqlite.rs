@@ -213,6 +213,23 @@ impl Inner {
     }
 }
 
+/// One transaction of `used_at` marks; a stored time only ever moves forward.
+fn write_marks(conn: &mut Connection, marks: &[(String, i64)]) -> Result<(), StoreError> {
+    let tx = conn.transaction().map_err(unavailable)?;
+    {
+        let mut st = tx
+            .prepare_cached(
+                "UPDATE api_keys SET used_at_us = ?2
+                 WHERE api_key_id = ?1 AND (used_at_us IS NULL OR used_at_us < ?2)",
+            )
+            .map_err(unavailable)?;
+        for (id, at) in marks {
+            st.execute(params![id, at]).map_err(unavailable)?;
+        }
+    }
+    tx.commit().map_err(unavailable)
+}
+
 fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
     Ok(KeyRecord {
         api_key_id: r.get(0)?,
@@ -450,19 +467,19 @@ impl Store for SqliteStore {
         let marks = marks.to_vec();
         self.run(move |db| {
             let mut conn = db.writer.lock();
-            let tx = conn.transaction().map_err(unavailable)?;
-            {
-                let mut st = tx
-                    .prepare_cached(
-                        "UPDATE api_keys SET used_at_us = ?2
-                         WHERE api_key_id = ?1 AND (used_at_us IS NULL OR used_at_us < ?2)",
-                    )
-                    .map_err(unavailable)?;
-                for (id, at) in &marks {
-                    st.execute(params![id, at]).map_err(unavailable)?;
-                }
+            // `used_at` marks are not worth an fsync per transaction (a flush writes many small
+            // ones): NORMAL still survives a crash of the process (WAL), and a power loss
+            // costs at most the marks since the last synced commit or checkpoint. Key writes
+            // keep FULL: it is restored before the lock is released.
+            conn.pragma_update(None, "synchronous", "NORMAL")
+                .map_err(unavailable)?;
+            let written = write_marks(&mut conn, &marks);
+            if let Err(e) = conn.pragma_update(None, "synchronous", "FULL") {
+                // Never leave the writer unsynced: start over with a fresh connection.
+                log::error!("cannot restore synchronous=FULL ({e}); reopening the writer");
+                *conn = open_connection(&db.path)?;
             }
-            tx.commit().map_err(unavailable)
+            written
         })
         .await
     }
@@ -527,5 +544,27 @@ mod tests {
         }
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.list_keys("i", None, 10).await.unwrap().len(), 1);
+    }
+
+    /// Usage marks are written unsynced; the writer is back at FULL for the key writes after
+    /// them, and the marks are there (forward only).
+    #[tokio::test]
+    async fn usage_writes_leave_the_writer_fully_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("g.db")).unwrap();
+        s.create_key(key("k1", "i", 10, 1)).await.unwrap();
+        let synchronous = |s: &SqliteStore| -> i64 {
+            s.inner
+                .writer
+                .lock()
+                .pragma_query_value(None, "synchronous", |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(synchronous(&s), 2, "FULL");
+        s.record_usage(&[("k1".into(), 500)]).await.unwrap();
+        s.record_usage(&[("k1".into(), 400)]).await.unwrap();
+        assert_eq!(synchronous(&s), 2, "FULL again after the marks");
+        let rec = s.get_key("i", "k1").await.unwrap().unwrap();
+        assert_eq!(rec.used_at_us, Some(500));
     }
 }
