@@ -29,13 +29,23 @@ pub fn sha256_hex(s: &str) -> String {
     hex::encode(agentry_gateway::keys::hash_secret(s.as_bytes()))
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, and never handed out before in this test process.
+/// Tests run in parallel: two of them asking between one's `free_port` and its gateway's bind
+/// could be given the same port. The second gateway then fails to bind, but its test finds the
+/// port open (the first gateway holds it) and talks to the other test's gateway.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Tokens for the three scopes and a static directory of four inboxes in two pods.
