@@ -44,8 +44,9 @@ impl KeyId {
     /// The id as a header value, built on use (a copy of at most a few dozen bytes): cheaper
     /// per request than a shared buffer is per cached key.
     pub fn header_value(&self) -> HeaderValue {
-        // Checked in `new`; the fallback is never taken.
-        HeaderValue::from_bytes(self.as_bytes()).unwrap_or(HeaderValue::from_static("invalid"))
+        // Checked in `new`; the fallback is never taken (and, lazily built, costs nothing).
+        HeaderValue::from_bytes(self.as_bytes())
+            .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
     }
 }
 

@@ -2,9 +2,10 @@
 //! `Authorization` header → parse + checksum → SHA-256 → positive cache → negative cache →
 //! failed-auth limiter → store.
 //!
-//! The positive cache holds identities by key hash; concurrent misses for one key are coalesced
-//! into a single store query (moka `try_get_with`). Unknown keys land in a short-lived negative
-//! cache. Store failures are never cached, so cached keys keep working through a store outage
+//! The positive cache holds identities by the first 8 bytes of the key hash (`Slot`), each
+//! identity holding its full hash for the constant-time check; concurrent misses for one key
+//! are coalesced into a single store query (moka `try_get_with`). Unknown keys land in a
+//! short-lived negative cache. Store failures are never cached, so cached keys keep working through a store outage
 //! and uncached ones are retried once it recovers. Only a miss takes a limiter reservation:
 //! a cached key is never refused by the limiter.
 
