@@ -242,13 +242,16 @@ impl DeadlineStream {
             }
             return;
         }
-        if self.phase == Phase::Fresh {
-            self.arm();
-        }
         self.line = scan_line(self.line, bytes);
         self.phase = scan(self.phase, bytes);
+        // The clock starts only for a head still incomplete after the read that brought its
+        // first byte, taken then (the same read, so the same start to within its parsing). A
+        // head that arrives whole in one read, as nearly every head does, touches no clock
+        // and no timer: no `Instant::now`, no timer-wheel insert, no timed park of the worker.
         if self.phase == Phase::Body {
             self.armed = false;
+        } else {
+            self.arm();
         }
     }
 
@@ -647,5 +650,67 @@ mod tests {
             let chunks: Vec<&[u8]> = all.chunks(1).collect();
             assert_eq!(phase_after(&chunks), Phase::Body, "{lead:?}");
         }
+    }
+
+    /// A stream over one end of an in-memory pipe, and the other end to write into.
+    fn piped(limit: Duration) -> (DeadlineStream, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(4096);
+        (DeadlineStream::new(Box::new(ours), limit, false), theirs)
+    }
+
+    async fn read_once(s: &mut DeadlineStream) -> std::io::Result<usize> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 1024];
+        s.read(&mut buf).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_read_whole_starts_no_clock_and_a_partial_one_does() {
+        use tokio::io::AsyncWriteExt;
+        let limit = Duration::from_secs(5);
+        let (mut s, mut client) = piped(limit);
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        client.write_all(head).await.unwrap();
+        assert_eq!(read_once(&mut s).await.unwrap(), head.len());
+        assert_eq!(s.phase, Phase::Body);
+        assert!(!s.armed);
+        assert!(s.timer.is_none(), "a whole head must not create a timer");
+
+        // The next head, in two pieces: the clock starts at the first one's read and holds.
+        s.phase = Phase::Fresh;
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        read_once(&mut s).await.unwrap();
+        assert!(s.armed);
+        let started = Instant::now();
+        let deadline = s.timer.as_ref().map(|t| t.deadline()).unwrap();
+        assert_eq!(deadline, started + limit);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        client.write_all(b"Host: x\r\n").await.unwrap();
+        read_once(&mut s).await.unwrap();
+        assert_eq!(s.timer.as_ref().map(|t| t.deadline()), Some(deadline));
+        // Nothing more comes: the read fails at the deadline, not before.
+        let err = tokio::time::timeout(limit, read_once(&mut s))
+            .await
+            .expect("the head deadline ends the read")
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(Instant::now(), deadline);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_completed_in_time_stops_the_clock() {
+        use tokio::io::AsyncWriteExt;
+        let (mut s, mut client) = piped(Duration::from_secs(5));
+        client.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+        read_once(&mut s).await.unwrap();
+        assert!(s.armed);
+        client.write_all(b"st: x\r\n\r\n").await.unwrap();
+        read_once(&mut s).await.unwrap();
+        assert_eq!(s.phase, Phase::Body);
+        assert!(!s.armed);
+        // Long past the deadline, a body read still waits for its bytes.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        client.write_all(b"body").await.unwrap();
+        assert_eq!(read_once(&mut s).await.unwrap(), 4);
     }
 }

@@ -128,11 +128,49 @@ pub fn validate_path(path: &[u8]) -> Result<(), TargetError> {
     if path == b"/" {
         return Ok(());
     }
-    for seg in path[1..].split(|&b| b == b'/') {
+    let rest = &path[1..];
+    // The common case, plain pchars and slashes only, in one branch-free pass over the whole
+    // path; then only the segments' lengths and dots are left to look at.
+    if rest
+        .iter()
+        .fold(true, |ok, &b| ok & PLAIN_OR_SLASH[usize::from(b)])
+    {
+        return plain_segments(rest);
+    }
+    segment_by_segment(rest)
+}
+
+/// Every segment of `rest` (a path without its leading slash) through [`validate_segment`].
+fn segment_by_segment(rest: &[u8]) -> Result<(), TargetError> {
+    for seg in rest.split(|&b| b == b'/') {
         validate_segment(seg)?;
     }
     Ok(())
 }
+
+/// The segments of `rest`, whose bytes are all plain pchars or slashes: none may be empty,
+/// `.` or `..`.
+fn plain_segments(rest: &[u8]) -> Result<(), TargetError> {
+    // A plain split: for a handful of short segments memchr's per-call set-up costs more.
+    if rest
+        .split(|&b| b == b'/')
+        .any(|seg| matches!(seg, b"" | b"." | b".."))
+    {
+        return Err(TargetError::DotOrEmptySegment);
+    }
+    Ok(())
+}
+
+/// Bytes a segment takes as they are (pchars other than `%`), and the slash between segments.
+static PLAIN_OR_SLASH: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = (pchar_rule(b as u8) && b != b'%' as usize) || b == b'/' as usize;
+        b += 1;
+    }
+    t
+};
 
 fn validate_segment(seg: &[u8]) -> Result<(), TargetError> {
     if seg.is_empty() || seg == b"." || seg == b".." {
@@ -392,6 +430,57 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(raw)
             );
+        }
+    }
+
+    /// The segment-by-segment check that `validate_path` shortcuts for plain paths.
+    fn reference(path: &[u8]) -> Result<(), TargetError> {
+        match path {
+            b"/" => Ok(()),
+            _ => segment_by_segment(&path[1..]),
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 8192, ..Default::default() })]
+        #[test]
+        fn the_plain_shortcut_agrees_with_segment_by_segment(
+            bytes in proptest::collection::vec(
+                proptest::sample::select(&b"/..//.a%2e%2Fz9@-~!$&'()*+,;=: \x00\x7f\xc3#?"[..]),
+                0..24,
+            )
+        ) {
+            let mut path = vec![b'/'];
+            path.extend_from_slice(&bytes);
+            proptest::prop_assert_eq!(validate_path(&path), reference(&path), "{:?}", String::from_utf8_lossy(&path));
+        }
+    }
+
+    #[test]
+    fn plain_paths_with_empty_or_dot_segments_are_refused_wherever_they_are() {
+        for p in [
+            &b"//"[..],
+            b"/.",
+            b"/..",
+            b"/a/",
+            b"/a//b",
+            b"/./a",
+            b"/../a",
+            b"/a/.",
+            b"/a/..",
+            b"/a/./b",
+            b"/a/../b",
+            b"/a/b/",
+        ] {
+            assert_eq!(
+                validate_path(p),
+                Err(TargetError::DotOrEmptySegment),
+                "{}",
+                String::from_utf8_lossy(p)
+            );
+        }
+        for p in [&b"/.a"[..], b"/a.", b"/...", b"/a/.b/..c/d..", b"/a/b"] {
+            assert_eq!(validate_path(p), Ok(()), "{}", String::from_utf8_lossy(p));
         }
     }
 }
