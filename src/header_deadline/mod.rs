@@ -279,6 +279,12 @@ fn scan(phase: Phase, bytes: &[u8]) -> Phase {
         Phase::Head { tail, in_request } => (tail, in_request),
         Phase::Body => return phase,
     };
+    // The usual read: a whole head (no body), ending in its blank line. The request has begun
+    // (earlier, or at this read's first byte), so that blank line ends it, whatever is before.
+    let begun = in_request || bytes.first().is_some_and(|&b| b != b'\r' && b != b'\n');
+    if begun && (bytes.ends_with(b"\n\r\n") || bytes.ends_with(b"\n\n")) {
+        return Phase::Body;
+    }
     let bytes = if in_request {
         bytes
     } else {

@@ -66,9 +66,15 @@ pub fn is_key_management_path(path: &[u8]) -> bool {
     let Some(rest) = path.strip_prefix(b"/v0/inboxes/") else {
         return false;
     };
-    let mut segs = rest.split(|&b| b == b'/');
-    let _inbox = segs.next();
-    segs.next() == Some(b"api-keys") && segs.nth(1).is_none()
+    // `{inbox_id}/api-keys` or `{inbox_id}/api-keys/{id}`, nothing more.
+    let Some(slash) = rest.iter().position(|&b| b == b'/') else {
+        return false;
+    };
+    match rest[slash + 1..].strip_prefix(b"api-keys") {
+        Some([]) => true,
+        Some([b'/', id @ ..]) => !id.contains(&b'/'),
+        _ => false,
+    }
 }
 
 /// Which API a management path is under.
@@ -196,5 +202,71 @@ mod tests {
                 allow: "DELETE, PATCH"
             })
         ));
+    }
+
+    /// The definition `is_key_management_path` shortcuts: split into segments.
+    fn key_management_by_segments(path: &[u8]) -> bool {
+        let Some(rest) = path.strip_prefix(b"/v0/inboxes/") else {
+            return false;
+        };
+        let mut segs = rest.split(|&b| b == b'/');
+        let _inbox = segs.next();
+        segs.next() == Some(b"api-keys") && segs.nth(1).is_none()
+    }
+
+    #[test]
+    fn key_management_paths_are_told_apart() {
+        for yes in [
+            &b"/v0/inboxes/a@b.c/api-keys"[..],
+            b"/v0/inboxes/a@b.c/api-keys/key_1",
+            b"/v0/inboxes//api-keys",
+            b"/v0/inboxes/a/api-keys/",
+        ] {
+            assert!(
+                is_key_management_path(yes),
+                "{}",
+                String::from_utf8_lossy(yes)
+            );
+        }
+        for no in [
+            &b"/v0/inboxes/a@b.c/messages"[..],
+            b"/v0/inboxes/a@b.c/api-keys/key_1/x",
+            b"/v0/inboxes/a@b.c/api-keysx",
+            b"/v0/inboxes/a@b.c/api-key",
+            b"/v0/inboxes/api-keys",
+            b"/v0/inboxes/a@b.c",
+            b"/v0/inboxes/",
+            b"/human/v0/inboxes/a/api-keys",
+            b"/v0/inboxes/a/b/api-keys",
+        ] {
+            assert!(
+                !is_key_management_path(no),
+                "{}",
+                String::from_utf8_lossy(no)
+            );
+        }
+    }
+
+    const PARTS: &[&[u8]] = &[b"/", b"api-keys", b"a", b"api-key", b"s", b""];
+
+    proptest::proptest! {
+        #[test]
+        fn key_management_shortcut_agrees_with_segments(
+            tail in proptest::collection::vec(
+                proptest::sample::select(PARTS),
+                0..6,
+            )
+        ) {
+            let mut path = b"/v0/inboxes/".to_vec();
+            for part in tail {
+                path.extend_from_slice(part);
+            }
+            proptest::prop_assert_eq!(
+                is_key_management_path(&path),
+                key_management_by_segments(&path),
+                "{}",
+                String::from_utf8_lossy(&path)
+            );
+        }
     }
 }

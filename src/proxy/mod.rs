@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
@@ -500,12 +500,16 @@ impl ProxyHttp for Gateway {
                 h.insert(H_POD_ID, pod.clone());
             }
             match client {
-                Some(ip) => {
-                    let xff = self
-                        .trusted_proxies
-                        .forwarded_for(ip, h.get_all(H_FORWARDED_FOR).iter());
-                    h.insert(H_FORWARDED_FOR, xff);
-                }
+                // One lookup for reading the client's chain and replacing it.
+                Some(ip) => match h.entry(H_FORWARDED_FOR) {
+                    Entry::Occupied(mut e) => {
+                        let xff = self.trusted_proxies.forwarded_for(ip, e.iter());
+                        e.insert(xff);
+                    }
+                    Entry::Vacant(e) => {
+                        e.insert(self.trusted_proxies.forwarded_for(ip, std::iter::empty()));
+                    }
+                },
                 None => {
                     h.remove(H_FORWARDED_FOR);
                 }
