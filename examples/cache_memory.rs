@@ -6,6 +6,11 @@
 //! as the verifier's positive cache is: an 8-byte key, the same capacity, no TTL; empty
 //! values): the floor any moka-based cache pays.
 
+/// The gateway binary's allocator, so the figure is the binary's (feature `mimalloc`).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -23,7 +23,7 @@ impl ProxyHttp for Passthrough {
     }
 }
 
-fn main() {
+pub fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (listen, upstream) = (args[1].clone(), args[2].clone());
     let threads = args.get(3).and_then(|t| t.parse().ok()).unwrap_or(1);

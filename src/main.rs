@@ -8,6 +8,13 @@ use clap::{Parser, Subcommand};
 use agentry_gateway::config::Config;
 use agentry_gateway::keys::{generate_management_token, hash_secret};
 
+/// mimalloc rather than the system allocator (feature `mimalloc`, on by default): a proxied
+/// request makes about 80 heap allocations, most of them inside pingora, and glibc's malloc
+/// and free were a sixth of the instructions per request (README, cost per request).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "agentry-gateway",

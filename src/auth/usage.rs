@@ -48,12 +48,33 @@ impl UsageRecorder {
         }
     }
 
-    /// Marks a key used at `now_us`. Lock-free unless the key is not yet pending.
+    /// Marks a key used at `now_us`: one atomic update, plus a lock when the key was not yet
+    /// pending. A flushed (or unused) mark is ≤ 0, so raising it to a newer time makes the key
+    /// pending, and exactly one caller sees that happen and queues it. A time no newer than
+    /// the mark (pending or flushed) changes nothing.
     pub fn touch(&self, id: &Arc<ApiKeyIdentity>, now_us: i64) {
-        id.last_used_us.fetch_max(now_us, Ordering::Relaxed);
-        if !id.pending.load(Ordering::Relaxed) && !id.pending.swap(true, Ordering::AcqRel) {
-            self.pending.lock().push(id.clone());
-            self.metrics.usage_pending_marks.inc();
+        let raised = id
+            .usage
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
+                (now_us > v.abs()).then_some(now_us)
+            });
+        if matches!(raised, Ok(before) if before <= 0) {
+            self.queue(id);
+        }
+    }
+
+    fn queue(&self, id: &Arc<ApiKeyIdentity>) {
+        self.pending.lock().push(id.clone());
+        self.metrics.usage_pending_marks.inc();
+    }
+
+    /// Makes a flushed mark pending again (its write failed), unless a touch already did.
+    fn requeue(&self, id: &Arc<ApiKeyIdentity>) {
+        let flushed = id
+            .usage
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| (v < 0).then_some(-v));
+        if flushed.is_ok() {
+            self.queue(id);
         }
     }
 
@@ -68,7 +89,7 @@ impl UsageRecorder {
         let pending = self.pending.lock().clone();
         let inflight = self.inflight.lock().clone();
         for id in pending.iter().chain(inflight.iter()) {
-            let at = id.last_used_us.load(Ordering::Relaxed);
+            let at = id.last_used_us();
             let e = latest.entry(id.api_key_id_str()).or_insert(at);
             *e = (*e).max(at);
         }
@@ -100,18 +121,17 @@ impl UsageRecorder {
         if batch.is_empty() {
             return Ok(0);
         }
-        // Clear the flags first: a touch during the write re-queues the key, so no mark is lost.
-        for id in &batch {
-            id.pending.store(false, Ordering::Release);
-        }
         self.metrics.usage_pending_marks.sub(batch.len() as i64);
+        // Each mark is read and set flushed (negated) in one step: a touch after it queues
+        // the key again, so no mark is lost.
         let marks: Vec<(String, i64)> = batch
             .iter()
             .map(|id| {
-                (
-                    id.api_key_id_str().to_owned(),
-                    id.last_used_us.load(Ordering::Relaxed),
-                )
+                let at = id
+                    .usage
+                    .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| Some(-v.abs()))
+                    .unwrap_or_else(|v| v);
+                (id.api_key_id_str().to_owned(), at.abs())
             })
             .collect();
         *self.inflight.lock() = batch.clone();
@@ -137,8 +157,8 @@ impl UsageRecorder {
             }
             Err(e) => {
                 self.metrics.usage_flush_failures.inc();
-                for id in batch {
-                    self.touch(&id, id.last_used_us.load(Ordering::Relaxed));
+                for id in &batch {
+                    self.requeue(id);
                 }
                 Err(e)
             }
@@ -271,6 +291,56 @@ mod tests {
         assert_eq!(t1.elapsed(), Duration::ZERO, "no pauses at all");
         assert_eq!(store.usage_writes.load(Ordering::SeqCst), 20);
         assert_eq!(store.used_at("k0"), Some(8));
+    }
+
+    /// Touches from many threads while flushes run: each key is queued at most once at a time,
+    /// and the last flush leaves every key's latest touch in the store.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn touches_racing_flushes_lose_no_mark_and_queue_each_key_once() {
+        let store = Arc::new(MemoryStore::default());
+        let rec = Arc::new(UsageRecorder::new(
+            store.clone(),
+            Arc::new(Metrics::new(&[], &[])),
+        ));
+        let mut ids = Vec::new();
+        for i in 0..8 {
+            ids.push(identity(&store, &format!("k{i}")).await);
+        }
+        let ids = Arc::new(ids);
+        let touchers: Vec<_> = (0..4i64)
+            .map(|t| {
+                let (rec, ids) = (rec.clone(), ids.clone());
+                std::thread::spawn(move || {
+                    for n in 0..20_000i64 {
+                        let id = &ids[(n as usize + t as usize) % ids.len()];
+                        rec.touch(id, 1 + n * 4 + t);
+                        assert!(rec.pending_count() <= ids.len());
+                    }
+                })
+            })
+            .collect();
+        while touchers.iter().any(|t| !t.is_finished()) {
+            rec.flush().await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        for t in touchers {
+            t.join().unwrap();
+        }
+        rec.flush().await.unwrap();
+        assert_eq!(rec.pending_count(), 0);
+        for (i, id) in ids.iter().enumerate() {
+            // The latest time any thread gave key i: the largest n*4+t+1 with (n+t) % 8 == i.
+            let latest = (0..4i64)
+                .flat_map(|t| {
+                    (0..20_000i64)
+                        .filter(move |n| (n + t) % 8 == i as i64)
+                        .map(move |n| 1 + n * 4 + t)
+                })
+                .max()
+                .unwrap();
+            assert_eq!(store.used_at(&format!("k{i}")), Some(latest), "k{i}");
+            assert_eq!(id.last_used_us(), latest);
+        }
     }
 
     #[tokio::test]

@@ -262,7 +262,9 @@ mod pipeline {
     /// 8-byte header): the memory per cached key in the README counts on it.
     #[test]
     fn a_cached_identity_fits_its_heap_block() {
-        assert!(std::mem::size_of::<ApiKeyIdentity>() <= 144 - 16 - 8);
+        // With the `Arc`'s two counts: 128 bytes, one of mimalloc's size classes (the next is
+        // 160); under glibc (8 bytes of header, 16-byte steps) a 144-byte chunk.
+        assert!(std::mem::size_of::<ApiKeyIdentity>() <= 128 - 16);
     }
 
     fn headers_with(key: &str) -> HeaderMap {
