@@ -72,7 +72,9 @@ impl UsageRecorder {
     fn requeue(&self, id: &Arc<ApiKeyIdentity>) {
         let flushed = id
             .usage
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| (v < 0).then_some(-v));
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
+                (v < 0).then_some(-v)
+            });
         if flushed.is_ok() {
             self.queue(id);
         }
