@@ -56,7 +56,7 @@ impl UsageRecorder {
         let raised = id
             .usage
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
-                (now_us > v.abs()).then_some(now_us)
+                (now_us > v.saturating_abs()).then_some(now_us)
             });
         if matches!(raised, Ok(before) if before <= 0) {
             self.queue(id);
@@ -131,9 +131,11 @@ impl UsageRecorder {
             .map(|id| {
                 let at = id
                     .usage
-                    .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| Some(-v.abs()))
+                    .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
+                        Some(-v.saturating_abs())
+                    })
                     .unwrap_or_else(|v| v);
-                (id.api_key_id_str().to_owned(), at.abs())
+                (id.api_key_id_str().to_owned(), at.saturating_abs())
             })
             .collect();
         *self.inflight.lock() = batch.clone();

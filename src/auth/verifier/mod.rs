@@ -79,7 +79,7 @@ pub struct ApiKeyIdentity {
 impl ApiKeyIdentity {
     /// Latest use on this instance (µs since the epoch), flushed or not; 0: none yet.
     pub(crate) fn last_used_us(&self) -> i64 {
-        self.usage.load(Ordering::Relaxed).abs()
+        self.usage.load(Ordering::Relaxed).saturating_abs()
     }
 }
 
