@@ -19,25 +19,26 @@ ap.add_argument("builds", nargs=2, help="NAME=BINARY")
 ap.add_argument("--rounds", type=int, default=4)
 cli = ap.parse_args()
 bins = dict(b.split("=", 1) for b in cli.builds)
-args = argparse.Namespace(rounds=cli.rounds, duration=8, warmup=2, conns=32, s7_keys=100_000, access_log=False,
-                          gw_server="", gw_upstream="", only="", json="", flush_ms=1000, soak=0,
-                          require=False, store="sqlite", pg_server="", pg_admin="")
+args = run.parser().parse_args(["--rounds", str(cli.rounds)])
 b = run.Bench(args)
 res = {}
 try:
-    b.seed(); b.start_peers()
+    b.seed()
+    b.start_peers()
     for rnd in range(args.rounds):
         order = list(bins) if rnd % 2 == 0 else list(reversed(bins))
         for name in order:
-            run.GATEWAY = bins[name]
-            b.stop("S5"); b.start_gateway("S5", run.PORTS["S5"], run.GW_METRICS, b.db); b.pids["S6"] = b.pids["S5"]
+            b.gateway = bins[name]
+            b.stop("S5")
+            b.start_gateway("S5", run.PORTS["S5"], run.GW_METRICS, b.db)
             for scen in ("S5", "S7"):
                 r = b.run_once(scen, "3B")
                 res.setdefault((name, scen), []).append(r)
                 print(f"round {rnd+1} {name} {scen}: {r['rps']:.0f} req/s p99 {r['p99_ms']:.2f} ms "
                       f"cpu {r['cpu_ms_per_1k']:.1f} rss {r['rss_mib']:.1f}", flush=True)
 finally:
-    b.stop_all(); b.drop_databases()
+    b.stop_all()
+    b.drop_databases()
 for key, rs in sorted(res.items()):
     def med(k, rs=rs):
         return statistics.median(r[k] for r in rs)

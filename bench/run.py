@@ -85,6 +85,8 @@ class Bench:
         os.chmod(self.dir, 0o755)  # nginx workers run as nobody and read big.txt from here
         self.procs = {}
         self.pids = {}
+        # The gateway build that start_gateway runs (bench/ab.py switches it between rounds).
+        self.gateway = GATEWAY
         self.pg_dbs = []
 
     # -- processes ------------------------------------------------------------------------
@@ -218,7 +220,7 @@ upstream = "inbox"
 
     def start_gateway(self, name, port, mport, db):
         cfg = self.write(f"gateway-{port}.toml", self.gateway_config(port, mport, db))
-        env_cmd = ["env", "RUST_LOG=warn", GATEWAY, "run", "--config", cfg]
+        env_cmd = ["env", "RUST_LOG=warn", self.gateway, "run", "--config", cfg]
         self.spawn(name, env_cmd, CORE_SUT, port)
         wait_port(mport)
         self.pids[name] = self.procs[name].pid
@@ -364,7 +366,8 @@ def fmt(v, digits=1):
     return "-" if v is None else f"{v:,.{digits}f}"
 
 
-def main():
+def parser():
+    """The command line, also the defaults for bench/ab.py."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=8)
@@ -386,8 +389,11 @@ def main():
                     help="libpq key=value of the PostgreSQL server for --store postgres")
     ap.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/postgres",
                     help="psql connection for creating and dropping the bench databases")
-    args = ap.parse_args()
+    return ap
 
+
+def main():
+    args = parser().parse_args()
     b = Bench(args)
     results = {}
     try:

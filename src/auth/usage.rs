@@ -6,7 +6,7 @@
 //! it. A flush past its budget writes the rest without pauses, so a backlog is caught up.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +25,50 @@ use crate::store::{KeyRecord, Store};
 pub const FLUSH_CHUNK: usize = 32;
 /// Pause between two chunks of a paced flush.
 pub const FLUSH_PAUSE: Duration = Duration::from_millis(1);
+
+/// One key's `used_at` mark on this instance, and whether it awaits a flush, in one atomic
+/// word (so a cached identity stays within its 128-byte block): positive while pending (the
+/// latest use, µs since the epoch), negated once flushed, 0 when never used.
+#[derive(Debug, Default)]
+pub struct UsageMark(AtomicI64);
+
+impl UsageMark {
+    /// Latest use (µs since the epoch), flushed or not; 0: none yet.
+    pub fn last_used_us(&self) -> i64 {
+        self.0.load(Ordering::Relaxed).saturating_abs()
+    }
+
+    /// Raises the mark to `now_us` if that is newer; true when this made it pending (exactly
+    /// one caller sees that for each flush).
+    fn raise(&self, now_us: i64) -> bool {
+        let raised = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
+                (now_us > v.saturating_abs()).then_some(now_us)
+            });
+        matches!(raised, Ok(before) if before <= 0)
+    }
+
+    /// Marks it flushed and returns the time to write, in one step: a later `raise` makes it
+    /// pending again, so no use is lost.
+    fn take(&self) -> i64 {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
+                Some(-v.saturating_abs())
+            })
+            .unwrap_or_else(|v| v)
+            .saturating_abs()
+    }
+
+    /// Makes a flushed mark pending again (its write failed); false when a `raise` already did.
+    fn restore(&self) -> bool {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
+                (v < 0).then_some(-v)
+            })
+            .is_ok()
+    }
+}
 
 /// Pending `used_at` marks of this instance.
 pub struct UsageRecorder {
@@ -48,17 +92,10 @@ impl UsageRecorder {
         }
     }
 
-    /// Marks a key used at `now_us`: one atomic update, plus a lock when the key was not yet
-    /// pending. A flushed (or unused) mark is ≤ 0, so raising it to a newer time makes the key
-    /// pending, and exactly one caller sees that happen and queues it. A time no newer than
-    /// the mark (pending or flushed) changes nothing.
+    /// Marks a key used at `now_us`: one atomic update, plus a lock when that made the key
+    /// pending. A time no newer than the mark (pending or flushed) changes nothing.
     pub fn touch(&self, id: &Arc<ApiKeyIdentity>, now_us: i64) {
-        let raised = id
-            .usage
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
-                (now_us > v.saturating_abs()).then_some(now_us)
-            });
-        if matches!(raised, Ok(before) if before <= 0) {
+        if id.usage.raise(now_us) {
             self.queue(id);
         }
     }
@@ -66,18 +103,6 @@ impl UsageRecorder {
     fn queue(&self, id: &Arc<ApiKeyIdentity>) {
         self.pending.lock().push(id.clone());
         self.metrics.usage_pending_marks.inc();
-    }
-
-    /// Makes a flushed mark pending again (its write failed), unless a touch already did.
-    fn requeue(&self, id: &Arc<ApiKeyIdentity>) {
-        let flushed = id
-            .usage
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
-                (v < 0).then_some(-v)
-            });
-        if flushed.is_ok() {
-            self.queue(id);
-        }
     }
 
     /// Number of keys awaiting a flush.
@@ -91,7 +116,7 @@ impl UsageRecorder {
         let pending = self.pending.lock().clone();
         let inflight = self.inflight.lock().clone();
         for id in pending.iter().chain(inflight.iter()) {
-            let at = id.last_used_us();
+            let at = id.usage.last_used_us();
             let e = latest.entry(id.api_key_id_str()).or_insert(at);
             *e = (*e).max(at);
         }
@@ -124,19 +149,9 @@ impl UsageRecorder {
             return Ok(0);
         }
         self.metrics.usage_pending_marks.sub(batch.len() as i64);
-        // Each mark is read and set flushed (negated) in one step: a touch after it queues
-        // the key again, so no mark is lost.
         let marks: Vec<(String, i64)> = batch
             .iter()
-            .map(|id| {
-                let at = id
-                    .usage
-                    .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
-                        Some(-v.saturating_abs())
-                    })
-                    .unwrap_or_else(|v| v);
-                (id.api_key_id_str().to_owned(), at.saturating_abs())
-            })
+            .map(|id| (id.api_key_id_str().to_owned(), id.usage.take()))
             .collect();
         *self.inflight.lock() = batch.clone();
         let started = tokio::time::Instant::now();
@@ -161,8 +176,8 @@ impl UsageRecorder {
             }
             Err(e) => {
                 self.metrics.usage_flush_failures.inc();
-                for id in &batch {
-                    self.requeue(id);
+                for id in batch.iter().filter(|id| id.usage.restore()) {
+                    self.queue(id);
                 }
                 Err(e)
             }
@@ -343,7 +358,7 @@ mod tests {
                 .max()
                 .unwrap();
             assert_eq!(store.used_at(&format!("k{i}")), Some(latest), "k{i}");
-            assert_eq!(id.last_used_us(), latest);
+            assert_eq!(id.usage.last_used_us(), latest);
         }
     }
 

@@ -152,13 +152,15 @@ fn segment_by_segment(rest: &[u8]) -> Result<(), TargetError> {
 /// `.` or `..`.
 fn plain_segments(rest: &[u8]) -> Result<(), TargetError> {
     // A plain split: for a handful of short segments memchr's per-call set-up costs more.
-    if rest
-        .split(|&b| b == b'/')
-        .any(|seg| matches!(seg, b"" | b"." | b".."))
-    {
+    if rest.split(|&b| b == b'/').any(dot_or_empty) {
         return Err(TargetError::DotOrEmptySegment);
     }
     Ok(())
+}
+
+/// A segment that names no resource of its own: empty, `.` or `..`.
+fn dot_or_empty(seg: &[u8]) -> bool {
+    matches!(seg, b"" | b"." | b"..")
 }
 
 /// Bytes a segment takes as they are (pchars other than `%`), and the slash between segments.
@@ -173,7 +175,7 @@ static PLAIN_OR_SLASH: [bool; 256] = {
 };
 
 fn validate_segment(seg: &[u8]) -> Result<(), TargetError> {
-    if seg.is_empty() || seg == b"." || seg == b".." {
+    if dot_or_empty(seg) {
         return Err(TargetError::DotOrEmptySegment);
     }
     // The common case, a segment of plain pchars, in one branch-free pass.

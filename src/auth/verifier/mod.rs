@@ -10,13 +10,13 @@
 //! a cached key is never refused by the limiter.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use http::HeaderMap;
 use moka::future::Cache;
 
 use super::limiter::{Blocked, FailureLimiter};
+use super::usage::UsageMark;
 use crate::answer::{self, Answer};
 use crate::clock::coarse_now_us;
 use crate::config::CacheConfig;
@@ -69,18 +69,8 @@ pub struct ApiKeyIdentity {
     /// When this identity was read from the store (coarse clock, µs since the epoch): the
     /// cache's time-to-live runs from here.
     pub loaded_at_us: i64,
-    /// This instance's latest use of the key and whether it awaits a flush, in one word:
-    /// positive while pending in the usage recorder (the latest use, µs since the epoch),
-    /// negated once flushed, 0 when never used. One atomic instead of a time and a flag keeps
-    /// the identity within 112 bytes (see `a_cached_identity_fits_its_heap_block`).
-    pub(crate) usage: AtomicI64,
-}
-
-impl ApiKeyIdentity {
-    /// Latest use on this instance (µs since the epoch), flushed or not; 0: none yet.
-    pub(crate) fn last_used_us(&self) -> i64 {
-        self.usage.load(Ordering::Relaxed).saturating_abs()
-    }
+    /// This instance's `used_at` mark and whether it awaits a flush (one atomic word).
+    pub(crate) usage: UsageMark,
 }
 
 impl ApiKeyIdentity {
@@ -101,7 +91,7 @@ impl ApiKeyIdentity {
             inbox: inboxes.get(&r.inbox_id, r.pod_id.as_deref())?,
             hash: r.hash,
             loaded_at_us: coarse_now_us(),
-            usage: AtomicI64::new(0),
+            usage: UsageMark::default(),
         })
     }
 
