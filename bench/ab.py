@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Two gateway builds measured in one run, rounds interleaved (order alternating): S5 (cache hits,
-3 B) and S7 (cold cache, 3 B, 32 connections), with bench/run.py's set-up; medians at the end.
+3 B), S7 (cold cache, 3 B, 32 connections) and S7 on one connection, with bench/run.py's set-up; medians at the end.
 
 `bench/ab.py NAME=BINARY NAME=BINARY [--rounds N]`, e.g. the system-allocator build against the
 default one: `bench/ab.py glibc=target/release/agentry-gateway-system-alloc
@@ -17,6 +17,8 @@ import run  # noqa: E402
 ap = argparse.ArgumentParser(description=__doc__)
 ap.add_argument("builds", nargs=2, help="NAME=BINARY")
 ap.add_argument("--rounds", type=int, default=4)
+ap.add_argument("--scenarios", default="S5 3B,S7 3B,S7 1conn",
+                help="comma-separated SCENARIO BODY pairs (bench/run.py's names)")
 cli = ap.parse_args()
 bins = dict(b.split("=", 1) for b in cli.builds)
 args = run.parser().parse_args(["--rounds", str(cli.rounds)])
@@ -31,10 +33,10 @@ try:
             b.gateway = bins[name]
             b.stop("S5")
             b.start_gateway("S5", run.PORTS["S5"], run.GW_METRICS, b.db)
-            for scen in ("S5", "S7"):
-                r = b.run_once(scen, "3B")
-                res.setdefault((name, scen), []).append(r)
-                print(f"round {rnd+1} {name} {scen}: {r['rps']:.0f} req/s p99 {r['p99_ms']:.2f} ms "
+            for scen, body in (p.split() for p in cli.scenarios.split(",")):
+                r = b.run_once(scen, body)
+                res.setdefault((name, f"{scen} {body}"), []).append(r)
+                print(f"round {rnd+1} {name} {scen} {body}: {r['rps']:.0f} req/s p99 {r['p99_ms']:.2f} ms "
                       f"cpu {r['cpu_ms_per_1k']:.1f} rss {r['rss_mib']:.1f}", flush=True)
 finally:
     b.stop_all()

@@ -90,6 +90,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// Transparent huge pages off for this process unless `server.transparent_huge_pages` is on.
+/// mimalloc asks for them on its arenas (`MADV_HUGEPAGE`, which the common `madvise` setting
+/// grants). Each fresh 2 MiB page is zeroed, in the kernel, by the thread that first touches
+/// it, and while the cache fills (misses) that held requests up: README, tuning log (cold
+/// cache one-connection p99 1.16 -> 0.57 ms, peak memory a third lower; cache hits cost about
+/// 7% more CPU without them).
+#[cfg(target_os = "linux")]
+fn huge_pages(allowed: bool) {
+    if allowed {
+        return;
+    }
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        log::warn!("could not turn transparent huge pages off for this process: {e}");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn huge_pages(_allowed: bool) {}
+
 fn run(config: Option<PathBuf>, demo_upstream: bool) -> ExitCode {
     let config = match load(config) {
         Ok(c) => c,
@@ -98,6 +117,7 @@ fn run(config: Option<PathBuf>, demo_upstream: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    huge_pages(config.server.transparent_huge_pages);
     let listen = config.server.listen;
     let demo_addrs = config
         .upstreams

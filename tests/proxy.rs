@@ -763,3 +763,35 @@ fn an_expired_key_is_refused_like_an_unknown_one_even_when_cached() {
     assert_eq!(expired.header("www-authenticate"), Some("Bearer"));
     assert!(g.metric(r#"agentry_gateway_auth_rejections_total{reason="expired"}"#) >= 2.0);
 }
+
+/// `THP_enabled` of a process, from `/proc/PID/status`.
+#[cfg(target_os = "linux")]
+fn thp_enabled(pid: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let lines: Vec<&str> = status
+        .lines()
+        .filter(|l| l.starts_with("THP_enabled:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{status}");
+    lines[0].to_owned()
+}
+
+/// The gateway opts out of transparent huge pages by default (README, configuration), and
+/// leaves the host's setting alone with `server.transparent_huge_pages = true`.
+#[cfg(target_os = "linux")]
+#[test]
+fn transparent_huge_pages_are_off_unless_configured() {
+    let (g, _up) = setup();
+    assert_eq!(thp_enabled(&g.pid().to_string()), "THP_enabled:\t0");
+
+    let up = Upstream::start();
+    let body = format!(
+        "{}\n{}",
+        standard_auth_toml(),
+        upstream_toml(&[up.addr], "")
+    );
+    let on = Gateway::start_with(&body, "transparent_huge_pages = true");
+    // Inherited from this test process, as any process started without the opt-out.
+    assert_eq!(thp_enabled(&on.pid().to_string()), thp_enabled("self"));
+    assert_eq!(on.call("GET", "/v0/inboxes/x", "agk_nope").status, 401);
+}

@@ -39,6 +39,7 @@ pub(super) struct FileServer {
     pub(super) graceful_shutdown_timeout_seconds: Option<u64>,
     pub(super) upstream_keepalive_pool_size: Option<usize>,
     pub(super) work_stealing: Option<bool>,
+    pub(super) transparent_huge_pages: Option<bool>,
     pub(super) header_read_timeout_ms: Option<u64>,
     pub(super) pid_file: Option<String>,
     pub(super) upgrade_sock: Option<String>,

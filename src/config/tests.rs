@@ -90,13 +90,15 @@ fn bad_sha256_explains_fix() {
 fn optional_tuning_keys_parse() {
     let text = MINIMAL.replace(
         "listen = \"127.0.0.1:8080\"",
-        "listen = \"127.0.0.1:8080\"\nwork_stealing = false\ntrusted_proxies = [\"10.0.0.0/8\", \"192.168.1.1\"]",
+        "listen = \"127.0.0.1:8080\"\nwork_stealing = false\ntransparent_huge_pages = true\ntrusted_proxies = [\"10.0.0.0/8\", \"192.168.1.1\"]",
     );
     let text = format!(
         "{text}\n[[upstreams]]\nname = \"u\"\naddresses = [\"127.0.0.1:1\"]\nwrite_timeout_ms = 250\n"
     );
     let c = parse(&text).unwrap();
     assert!(!c.server.work_stealing);
+    assert!(c.server.transparent_huge_pages);
+    assert!(!parse(MINIMAL).unwrap().server.transparent_huge_pages);
     assert_eq!(c.server.trusted_proxies.len(), 2);
     assert_eq!(
         c.upstreams[0].write_timeout,

@@ -52,6 +52,8 @@ pub struct ServerConfig {
     pub graceful_shutdown_timeout: Duration,
     pub upstream_keepalive_pool_size: usize,
     pub work_stealing: bool,
+    /// Let the kernel back the heap with 2 MiB pages (off: the process opts out).
+    pub transparent_huge_pages: bool,
     /// Total time a request head may take to arrive, from its first byte.
     pub header_read_timeout: Duration,
     pub pid_file: Option<String>,

@@ -140,6 +140,7 @@ impl Validator<'_> {
             ),
             upstream_keepalive_pool_size: pool,
             work_stealing: s.work_stealing.unwrap_or(true),
+            transparent_huge_pages: s.transparent_huge_pages.unwrap_or(false),
             header_read_timeout: Duration::from_millis(header_read_timeout_ms),
             pid_file: s.pid_file,
             upgrade_sock: s.upgrade_sock,
