@@ -233,7 +233,7 @@ upstream = "inbox"
         self.keys_file = os.path.join(self.dir, "keys-1k.txt")
         sh([SEED, self.db, self.keys_file, "1000", "100"])
         self.db7 = self.database("s7")
-        self.keys7 = os.path.join(self.dir, "keys-100k.txt")
+        self.keys7 = os.path.join(self.dir, "keys-s7.txt")
         sh([SEED, self.db7, self.keys7, str(self.args.s7_keys), "1"])
         # S6: malformed, bad-checksum and unknown (well-formed, never issued) keys.
         self.bad_keys = os.path.join(self.dir, "keys-bad.txt")
@@ -263,7 +263,7 @@ upstream = "inbox"
         if scen == "S6":
             keys = self.bad_keys
         if scen == "S7":
-            # A cold cache: a fresh gateway on the 100,000-key store.
+            # A cold cache: a fresh gateway on the --s7-keys store (more keys than a run sends).
             self.stop("S7")
             self.start_gateway("S7", PORTS["S7"], S7_METRICS, self.db7)
             keys = self.keys7
@@ -373,7 +373,7 @@ def parser():
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--conns", type=int, default=32)
-    ap.add_argument("--s7-keys", type=int, default=100_000)
+    ap.add_argument("--s7-keys", type=int, default=200_000)
     ap.add_argument("--access-log", action="store_true", help="gateway access log on (default off)")
     ap.add_argument("--gw-server", default="", help="extra TOML lines for the gateway's [server]")
     ap.add_argument("--gw-upstream", default="", help="extra TOML lines for the gateway's upstream")
@@ -424,7 +424,7 @@ def main():
 
     names = {"S0": "client -> upstream", "S1": "nginx proxy_pass", "S2": "HAProxy plain",
              "S3": "HAProxy key auth", "S4": "pingora passthrough", "S5": "agentry-gateway (hits)",
-             "S6": "agentry-gateway (401s)", "S7": "agentry-gateway (cold, 100k)"}
+             "S6": "agentry-gateway (401s)", "S7": "agentry-gateway (cold)"}
     print(f"\n{'scenario':<34} {'req/s':>9} {'spread':>7} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'CPU ms/1k':>9} {'RSS MiB':>8} {'up conn/1k':>10} {'writes/1k':>9} {'non-2xx':>8}")
     med = {}
