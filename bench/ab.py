@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Two gateway builds measured in one run, rounds interleaved (order alternating): S5 (cache hits,
-3 B), S7 (cold cache, 3 B, 32 connections) and S7 on one connection, with bench/run.py's set-up; medians at the end.
+"""Two gateway builds measured in one run, rounds interleaved (order alternating), with
+bench/run.py's set-up; medians at the end. By default S5 (cache hits, 3 B), S7 (cold cache, 3 B,
+32 connections) and S7 on one connection; `--scenarios "S5 3B"` for fewer.
 
 `bench/ab.py NAME=BINARY NAME=BINARY [--rounds N]`, e.g. the system-allocator build against the
 default one: `bench/ab.py glibc=target/release/agentry-gateway-system-alloc

@@ -213,11 +213,7 @@ fn an_unreachable_database_fails_closed_and_heals() {
         .replace("port=5432", &format!("port={}", proxy.addr.port()));
     assert_ne!(url, db.url(), "the test server must be on 127.0.0.1:5432");
     let up = Upstream::start();
-    let body = format!(
-        "{}\n{}",
-        standard_auth_toml(),
-        upstream_toml(&[up.addr], "")
-    );
+    let body = auth_and_upstream_toml("", up.addr);
     // The gateway reaches the database only through the cuttable forwarder.
     let store = format!(
         "[store]\nkind = \"postgres\"\nurl = \"{url}\"\npool_size = 2\nconnect_timeout_ms = 500\nrevocation_max_staleness_ms = 1500\n"

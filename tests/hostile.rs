@@ -241,10 +241,9 @@ fn distinct_unknown_keys_are_bounded_by_the_failure_limit() {
 #[test]
 fn forwarded_for_is_believed_only_from_trusted_proxies() {
     let up = Upstream::start();
-    let body = format!(
-        "[limits]\nfailed_auth_per_ip = 3\nfailed_auth_window_seconds = 60\n{}\n{}",
-        standard_auth_toml(),
-        upstream_toml(&[up.addr], "")
+    let body = auth_and_upstream_toml(
+        "[limits]\nfailed_auth_per_ip = 3\nfailed_auth_window_seconds = 60\n",
+        up.addr,
     );
     // Trusted: each forwarded client has its own budget.
     let g = Gateway::start_with(&body, "trusted_proxies = [\"127.0.0.1/32\"]");
@@ -547,11 +546,7 @@ fn kill_9_during_creates_and_deletes_loses_nothing_acknowledged() {
 #[test]
 fn sigterm_under_load_finishes_in_flight_requests() {
     let up = Upstream::start_mode(Mode::Slow);
-    let body = format!(
-        "[usage]\nflush_interval_ms = 600000\n{}\n{}",
-        standard_auth_toml(),
-        upstream_toml(&[up.addr], "")
-    );
+    let body = auth_and_upstream_toml("[usage]\nflush_interval_ms = 600000\n", up.addr);
     let mut g = Gateway::start_with(&body, "grace_period_seconds = 3");
     let keys: Vec<(String, String)> = (0..8)
         .map(|i| {
@@ -601,11 +596,7 @@ fn sigterm_under_load_finishes_in_flight_requests() {
 /// A gateway with a 600 ms request-head deadline, its upstream, and a valid key.
 fn slow_head_gateway() -> (Gateway, Upstream, String) {
     let up = Upstream::start();
-    let body = format!(
-        "{}\n{}",
-        standard_auth_toml(),
-        upstream_toml(&[up.addr], "")
-    );
+    let body = auth_and_upstream_toml("", up.addr);
     let g = Gateway::start_with(&body, "header_read_timeout_ms = 600");
     let key = g.create_key(SUPPORT, "slow")["api_key"]
         .as_str()
@@ -913,10 +904,9 @@ fn targets_pingora_would_rewrite_are_refused() {
 /// A gateway that believes X-Forwarded-For from loopback, so one test can be many clients.
 fn many_clients_gateway(limit: u32) -> (Gateway, Upstream) {
     let up = Upstream::start();
-    let body = format!(
-        "[limits]\nfailed_auth_per_ip = {limit}\nfailed_auth_window_seconds = 60\n{}\n{}",
-        standard_auth_toml(),
-        upstream_toml(&[up.addr], "")
+    let body = auth_and_upstream_toml(
+        &format!("[limits]\nfailed_auth_per_ip = {limit}\nfailed_auth_window_seconds = 60\n"),
+        up.addr,
     );
     let g = Gateway::start_with(&body, "trusted_proxies = [\"127.0.0.1/32\"]");
     (g, up)

@@ -151,11 +151,7 @@ fn rss_kib(pid: u32) -> u64 {
 /// A gateway on the HTTP/2 transport with an echo upstream and a key for support@.
 fn setup(server_extra: &str) -> (Gateway, Upstream, String) {
     let up = Upstream::start();
-    let body = format!(
-        "{}\n{}",
-        standard_auth_toml(),
-        upstream_toml(&[up.addr], "")
-    );
+    let body = auth_and_upstream_toml("", up.addr);
     set_transport(Transport::H2);
     let g = Gateway::start_with(&body, server_extra);
     let key = g.api_key("support@example.com", "h2");
@@ -596,11 +592,7 @@ fn h2c_request(addr: SocketAddr, key: &str) -> Result<Resp, String> {
 fn h2c_is_off_by_default_and_works_when_enabled() {
     set_transport(Transport::Plain);
     let up = Upstream::start();
-    let body = format!(
-        "{}\n{}",
-        standard_auth_toml(),
-        upstream_toml(&[up.addr], "")
-    );
+    let body = auth_and_upstream_toml("", up.addr);
     let off = Gateway::start_with(&body, "");
     let key = off.api_key("support@example.com", "h2c");
     assert!(

@@ -389,11 +389,7 @@ fn used_at_is_shown_at_once_and_persisted_by_flush_and_sigterm() {
 fn sigterm_flushes_marks_made_just_before() {
     let up = Upstream::start();
     // A flush interval far longer than the test: only the shutdown flushes can save the mark.
-    let body = format!(
-        "[usage]\nflush_interval_ms = 600000\n{}\n{}",
-        standard_auth_toml(),
-        upstream_toml(&[up.addr], "")
-    );
+    let body = auth_and_upstream_toml("[usage]\nflush_interval_ms = 600000\n", up.addr);
     let mut g = Gateway::start_with(&body, "");
     let (key, id) = key_for(&g, SUPPORT);
     assert_eq!(
@@ -785,11 +781,7 @@ fn transparent_huge_pages_are_off_unless_configured() {
     assert_eq!(thp_enabled(&g.pid().to_string()), "THP_enabled:\t0");
 
     let up = Upstream::start();
-    let body = format!(
-        "{}\n{}",
-        standard_auth_toml(),
-        upstream_toml(&[up.addr], "")
-    );
+    let body = auth_and_upstream_toml("", up.addr);
     let on = Gateway::start_with(&body, "transparent_huge_pages = true");
     // Inherited from this test process, as any process started without the opt-out.
     assert_eq!(thp_enabled(&on.pid().to_string()), thp_enabled("self"));

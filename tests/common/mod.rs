@@ -18,7 +18,7 @@ pub use tls::*;
 pub use tls_upstream::*;
 pub use upstream::*;
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 pub const ADMIN_TOKEN: &str = "agm_test_admin_token_all";
@@ -46,6 +46,16 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// A gateway config body: `before` (sections of the test's own), the standard tokens and
+/// directory, and one upstream group at `upstream`.
+pub fn auth_and_upstream_toml(before: &str, upstream: SocketAddr) -> String {
+    format!(
+        "{before}{}\n{}",
+        standard_auth_toml(),
+        upstream_toml(&[upstream], "")
+    )
 }
 
 /// Tokens for the three scopes and a static directory of four inboxes in two pods.
