@@ -93,7 +93,7 @@ fn main() -> ExitCode {
 /// Transparent huge pages off for this process unless `server.transparent_huge_pages` is on.
 /// mimalloc asks for them on its arenas (`MADV_HUGEPAGE`, which the common `madvise` setting
 /// grants). With them, the p99 while the key cache fills was twice as high and the heap a third
-/// larger. Without them, cache hits cost about 7% more CPU. README, tuning log: cold-cache
+/// larger. Without them, cache hits cost up to 7% more CPU. README, tuning log: cold-cache
 /// one-connection p99 1.16 -> 0.57 ms.
 #[cfg(target_os = "linux")]
 fn huge_pages(allowed: bool) {
