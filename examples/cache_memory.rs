@@ -82,8 +82,7 @@ fn rss_bytes() -> u64 {
 
 fn main() {
     // As the gateway runs by default (`server.transparent_huge_pages = false`).
-    #[cfg(target_os = "linux")]
-    nix::sys::prctl::set_thp_disable(true).expect("PR_SET_THP_DISABLE");
+    agentry_gateway::huge_pages(false).expect("PR_SET_THP_DISABLE");
     let n: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())

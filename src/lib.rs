@@ -179,6 +179,22 @@ fn h2_options(config: &Config) -> pingora::protocols::http::v2::server::H2Option
 pub const H2_MAX_PENDING_RESETS: usize = 20;
 pub const H2_MAX_ERROR_RESETS: usize = 200;
 
+/// Transparent huge pages for this process: left to the host's setting when `allowed`, else
+/// turned off (`PR_SET_THP_DISABLE`; a no-op where Linux is not). mimalloc asks for them on its
+/// arenas (`MADV_HUGEPAGE`, which the common `madvise` setting grants). With them, the p99
+/// while the key cache fills was twice as high and the heap a third larger; without them,
+/// cache hits cost up to 7% more CPU (README, tuning log: cold-cache one-connection p99
+/// 1.16 -> 0.57 ms). The binary calls it with `server.transparent_huge_pages` before `build`.
+pub fn huge_pages(allowed: bool) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    if !allowed {
+        nix::sys::prctl::set_thp_disable(true)?;
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = allowed;
+    Ok(())
+}
+
 /// Builds the pingora server with every service: proxy + management listener, metrics
 /// listener, used_at flusher and upstream health checks.
 pub fn build(config: Config) -> Result<Built, StartError> {

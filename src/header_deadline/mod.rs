@@ -227,7 +227,8 @@ impl DeadlineStream {
         self.armed = true;
     }
 
-    /// Feeds freshly read bytes to the head scanner; the clock starts with the first byte.
+    /// Feeds freshly read bytes to the head scanner. The clock starts at the read that brought
+    /// a head's first byte, and only if that read left the head incomplete.
     fn saw(&mut self, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
