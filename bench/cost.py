@@ -42,8 +42,13 @@ GATEWAY_SYSTEM_ALLOC = os.environ.get(
     "AGENTRY_GATEWAY_SYSTEM_ALLOC_BIN",
     os.environ.get("AGENTRY_GATEWAY_BIN",
                    os.path.join(TARGET, "release/agentry-gateway-system-alloc")))
-PASSTHROUGH = os.path.join(TARGET, "release/examples/pingora_passthrough")
-PASSTHROUGH_MIMALLOC = os.path.join(TARGET, "release/examples/pingora_passthrough_mimalloc")
+# AGENTRY_PASSTHROUGH_BIN / AGENTRY_PASSTHROUGH_MIMALLOC_BIN: other builds of S4 / S4m (e.g.
+# profile-guided ones, to compare like with like against scripts/build-pgo.sh's gateway).
+PASSTHROUGH = os.environ.get("AGENTRY_PASSTHROUGH_BIN",
+                             os.path.join(TARGET, "release/examples/pingora_passthrough"))
+PASSTHROUGH_MIMALLOC = os.environ.get(
+    "AGENTRY_PASSTHROUGH_MIMALLOC_BIN",
+    os.path.join(TARGET, "release/examples/pingora_passthrough_mimalloc"))
 SEED = os.path.join(TARGET, "release/examples/bench_seed")
 TOKEN = "agm_cost_" + hashlib.sha256(os.urandom(16)).hexdigest()[:32]
 INBOX = "support@cost.example"

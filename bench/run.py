@@ -27,7 +27,9 @@ from ports import wait_port  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 GATEWAY = os.environ.get("AGENTRY_GATEWAY_BIN", os.path.join(TARGET, "release/agentry-gateway"))
-PASSTHROUGH = os.path.join(TARGET, "release/examples/pingora_passthrough")
+# AGENTRY_PASSTHROUGH_BIN: another build of S4 (bench/cost.py takes the same variable).
+PASSTHROUGH = os.environ.get("AGENTRY_PASSTHROUGH_BIN",
+                             os.path.join(TARGET, "release/examples/pingora_passthrough"))
 SEED = os.path.join(TARGET, "release/examples/bench_seed")
 KEYS_LUA = os.path.join(ROOT, "bench/keys.lua")
 MGMT_LUA = os.path.join(ROOT, "bench/mgmt.lua")

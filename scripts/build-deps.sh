@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure the build has what pingora and SQLite need: a C compiler and cmake.
 # Sourced by ./run.sh and ./test.sh (and by CI through ./test.sh); does nothing when both are there.
+# Also holds agentry_bench_tools (below), for bench/run.sh and scripts/build-pgo.sh.
 #
 # Order of attempts for what is missing:
 #   1. the system package manager (apt-get, dnf, yum, apk, brew), when we may use it
@@ -88,4 +89,22 @@ agentry_build_deps() {
     return 1
   fi
   _agentry_say "ready: cmake $(cmake --version | head -1 | awk '{print $3}') at $(command -v cmake)"
+}
+
+# What the load bench and the profile-guided build's training run need: nginx (the upstream),
+# wrk (the load), taskset (pinning), valgrind (bench/cost.py), HAProxy (bench peers S2, S3).
+# Installs the missing ones from Debian and stops the services Debian starts with them: the
+# bench runs its own, on its own ports.
+agentry_bench_tools() {
+  local need=() pkgs=() c
+  for c in nginx haproxy wrk taskset valgrind; do command -v "$c" >/dev/null || need+=("$c"); done
+  [ ${#need[@]} -eq 0 ] && return 0
+  for c in "${need[@]}"; do
+    case $c in taskset) pkgs+=(util-linux) ;; nginx) pkgs+=(nginx-light) ;; *) pkgs+=("$c") ;; esac
+  done
+  export DEBIAN_FRONTEND=noninteractive
+  _agentry_sudo apt-get install -y "${pkgs[@]}" ||
+    { _agentry_sudo apt-get update && _agentry_sudo apt-get install -y "${pkgs[@]}"; }
+  _agentry_sudo service nginx stop >/dev/null 2>&1 || true
+  _agentry_sudo service haproxy stop >/dev/null 2>&1 || true
 }
