@@ -103,8 +103,12 @@ agentry_bench_tools() {
     case $c in taskset) pkgs+=(util-linux) ;; nginx) pkgs+=(nginx-light) ;; *) pkgs+=("$c") ;; esac
   done
   export DEBIAN_FRONTEND=noninteractive
-  _agentry_sudo apt-get install -y "${pkgs[@]}" ||
-    { _agentry_sudo apt-get update && _agentry_sudo apt-get install -y "${pkgs[@]}"; }
+  if ! command -v apt-get >/dev/null 2>&1 ||
+    ! { _agentry_sudo apt-get install -y "${pkgs[@]}" ||
+      { _agentry_sudo apt-get update && _agentry_sudo apt-get install -y "${pkgs[@]}"; }; }; then
+    _agentry_say "cannot install ${need[*]} here: install ${pkgs[*]} (Debian package names), then run this again"
+    return 1
+  fi
   _agentry_sudo service nginx stop >/dev/null 2>&1 || true
   _agentry_sudo service haproxy stop >/dev/null 2>&1 || true
 }

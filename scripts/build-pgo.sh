@@ -7,8 +7,12 @@
 #
 # Needs what bench/run.sh needs (nginx, wrk, taskset; installed from Debian when missing) and
 # rustup's llvm-tools component (added when missing). Takes two release builds of every crate:
-# about 15 minutes on 2 cores. Extra arguments go to both cargo builds (e.g. --no-default-features).
+# about 20 minutes on 2 cores. It takes no arguments: the build is the default one (mimalloc).
 set -euo pipefail
+if [ $# -gt 0 ]; then
+  echo "build-pgo: takes no arguments (got: $*); it builds the gateway with its default features" >&2
+  exit 2
+fi
 cd "$(dirname "$0")/.."
 . scripts/build-deps.sh
 agentry_build_deps
@@ -26,8 +30,13 @@ work="$PWD/target/pgo"
 raw="$work/raw"
 
 echo "build-pgo: 1/3 instrumented build (target/pgo-gen)" >&2
-RUSTFLAGS="-Cprofile-generate=$raw" cargo build --release --target-dir target/pgo-gen \
-  --bin agentry-gateway --example bench_seed "$@"
+export RUSTFLAGS="-Cprofile-generate=$raw"
+cargo build --release --target-dir target/pgo-gen --bin agentry-gateway
+# The seeding helper in a build of its own: an example brings the dev-dependencies, whose
+# features would change the gateway's dependencies, and a profile of differently compiled
+# code does not match the final build (it then goes mostly unused).
+cargo build --release --target-dir target/pgo-gen --example bench_seed
+unset RUSTFLAGS
 
 # Emptied after the build: build scripts, built with the same flags, write profiles there too.
 rm -rf "$raw"
@@ -46,7 +55,7 @@ find "$work" -maxdepth 1 -name 'gateway-*.profdata' ! -path "$profile" -delete
 
 echo "build-pgo: 3/3 build with the profile (target/pgo-use)" >&2
 RUSTFLAGS="-Cprofile-use=$profile" cargo build --release --target-dir target/pgo-use \
-  --bin agentry-gateway "$@"
+  --bin agentry-gateway
 mkdir -p target/release
 cp target/pgo-use/release/agentry-gateway target/release/agentry-gateway-pgo
 echo "build-pgo: done: target/release/agentry-gateway-pgo" >&2
