@@ -51,18 +51,7 @@ def main():
         os.environ["LLVM_PROFILE_FILE"] = os.path.join(b.dir, "seed-%p.profraw")
         b.seed()
         del os.environ["LLVM_PROFILE_FILE"]
-        b.write("big.txt", "x" * 4095 + "\n")
-        b.write("upstream.conf", f"""
-worker_processes 1; daemon off; pid {b.dir}/upstream.pid; error_log {b.dir}/upstream.err;
-events {{ worker_connections 8192; }}
-http {{
-  access_log off; keepalive_requests 100000000; keepalive_timeout 600s; default_type text/plain;
-  server {{ listen 127.0.0.1:{run.UPSTREAM} backlog=4096;
-    location / {{ return 200 "ok\\n"; }}
-    location ~ /big$ {{ root {b.dir}; try_files /big.txt =404; }} }}
-}}""")
-        b.spawn("upstream", ["nginx", "-c", f"{b.dir}/upstream.conf", "-p", b.dir],
-                run.CORE_LOAD, run.UPSTREAM)
+        b.start_upstream()
         # The upstream first: the gateways' health checks must find it up.
         b.start_gateway("S5", run.PORTS["S5"], run.GW_METRICS, b.db)
         b.start_gateway("S7", run.PORTS["S7"], run.S7_METRICS, b.db7)

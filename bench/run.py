@@ -123,7 +123,9 @@ class Bench:
             f.write(text)
         return path
 
-    def start_peers(self):
+    def start_upstream(self):
+        """The upstream every scenario proxies to: nginx on core 1 answering a fixed 200 of
+        3 bytes (`/small`, any path) or 4 KiB (a path ending in `/big`)."""
         self.write("big.txt", "x" * 4095 + "\n")
         self.write("upstream.conf", f"""
 worker_processes 1; daemon off; pid {self.dir}/upstream.pid; error_log {self.dir}/upstream.err;
@@ -137,6 +139,8 @@ http {{
 }}""")
         self.spawn("upstream", ["nginx", "-c", f"{self.dir}/upstream.conf", "-p", self.dir], CORE_LOAD, UPSTREAM)
 
+    def start_peers(self):
+        self.start_upstream()
         self.write("nginx-proxy.conf", f"""
 worker_processes 1; daemon off; pid {self.dir}/proxy.pid; error_log {self.dir}/proxy.err;
 events {{ worker_connections 8192; }}
