@@ -18,8 +18,8 @@ use agentry_gateway::keys::KeyFormat;
 use agentry_gateway::metrics::Metrics;
 use agentry_gateway::store::sqlite::SqliteStore;
 use agentry_gateway::store::{KeyRecord, NewKey, Store};
-use agentry_gateway::target::{
-    segment_equals, split_target, validate_path, validate_query, RouteTemplate,
+use agentry_gateway::request_target::{
+    segment_equals, split_target, RequestTarget, RouteTemplate, Routed, Router,
 };
 
 struct Fixture {
@@ -136,7 +136,7 @@ fn verify(c: &mut Criterion) {
         .build()
         .unwrap();
     let f = fixture(&rt);
-    let route = RouteTemplate::parse("/v0/inboxes/{inbox_id}").unwrap();
+    let route = Router::new([&RouteTemplate::parse("/v0/inboxes/{inbox_id}").unwrap()]);
     let path = b"/v0/inboxes/support@example.com/messages/123";
     let mut g = c.benchmark_group("verify");
     for (name, h) in [
@@ -171,10 +171,12 @@ fn verify(c: &mut Criterion) {
                 let route = &route;
                 async move {
                     let id = verifier.authenticate(headers, CLIENT).await.unwrap();
-                    validate_path(path).unwrap();
-                    let seg = route.match_path(path).unwrap();
+                    let t = RequestTarget::parse(path).unwrap();
+                    let Ok(Routed::Proxy { inbox, .. }) = route.route(&t) else {
+                        unreachable!()
+                    };
                     black_box(
-                        segment_equals(seg, id.inbox.inbox_id.as_bytes())
+                        segment_equals(inbox, id.inbox.inbox_id.as_bytes())
                             && (!check_permission || id.permissions.contains(read)),
                     )
                 }
@@ -198,10 +200,11 @@ fn verify(c: &mut Criterion) {
             b.iter(|| {
                 let (p, q) = split_target(black_box(target)).unwrap();
                 assert!(!format.appears_in_url(p) && !format.appears_in_url(q));
-                validate_path(p).unwrap();
-                validate_query(q).unwrap();
-                let seg = route.match_path(p).unwrap();
-                black_box(segment_equals(seg, b"support@example.com"))
+                let t = RequestTarget::from_parts(p, q).unwrap();
+                let Ok(Routed::Proxy { inbox, .. }) = route.route(&t) else {
+                    unreachable!()
+                };
+                black_box(segment_equals(inbox, b"support@example.com"))
             })
         });
     }
@@ -209,9 +212,11 @@ fn verify(c: &mut Criterion) {
 
     c.bench_function("path/validate_match_compare", |b| {
         b.iter(|| {
-            validate_path(black_box(path)).unwrap();
-            let seg = route.match_path(black_box(path)).unwrap();
-            black_box(segment_equals(seg, b"support@example.com"))
+            let t = RequestTarget::parse(black_box(path)).unwrap();
+            let Ok(Routed::Proxy { inbox, .. }) = route.route(&t) else {
+                unreachable!()
+            };
+            black_box(segment_equals(inbox, b"support@example.com"))
         })
     });
 

@@ -4,9 +4,7 @@
 //! `tests/fuzz_corpus.rs`, which replays the committed corpora in `cargo test`.
 
 use agentry_gateway::keys::KeyFormat;
-use agentry_gateway::target::{
-    segment_equals, split_target, validate_path, validate_query, RouteTemplate,
-};
+use agentry_gateway::request_target::{segment_equals, RequestTarget, RouteTemplate, Routed, Router};
 
 /// Key parsing never panics; accepted keys have the exact shape and re-check.
 pub fn key_parser(data: &[u8]) {
@@ -27,16 +25,14 @@ pub fn key_parser(data: &[u8]) {
 /// Target validation and scope matching never panic, and an admitted path's inbox segment
 /// never holds a byte that could change its meaning after one decoding.
 pub fn path_scope(data: &[u8]) {
-    let Ok((path, query)) = split_target(data) else {
+    let Ok(target) = RequestTarget::parse(data) else {
         return;
     };
-    let _ = validate_query(query);
-    if validate_path(path).is_err() {
-        return;
-    }
     let template = RouteTemplate::parse("/v0/inboxes/{inbox_id}").expect("static template");
-    if let Some(seg) = template.match_path(path) {
-        let decoded = agentry_gateway::target::decode_segment(seg);
+    let messages = RouteTemplate::parse("/v0/inboxes/{inbox_id}/messages").expect("static template");
+    let router = Router::new([&template, &messages]);
+    if let Ok(Routed::Proxy { inbox: seg, .. }) = router.route(&target) {
+        let decoded = agentry_gateway::request_target::decode_segment(seg);
         assert!(
             !decoded.contains(&b'/'),
             "admitted segment decodes to a slash"

@@ -93,6 +93,24 @@ impl Answer {
     }
 }
 
+/// A failure that knows its answer: the one conversion from each failure type to an
+/// [`Answer`] (and, through `From`, what `?` uses in the proxy's decision steps).
+pub trait IntoAnswer {
+    fn into_answer(self) -> Answer;
+}
+
+/// `From<T> for Answer` for failure types with an [`IntoAnswer`] impl.
+#[macro_export]
+macro_rules! answer_from {
+    ($($t:ty),+ $(,)?) => {$(
+        impl From<$t> for $crate::answer::Answer {
+            fn from(failure: $t) -> $crate::answer::Answer {
+                $crate::answer::IntoAnswer::into_answer(failure)
+            }
+        }
+    )+};
+}
+
 /// A fixed error answer: its parts, and its body pre-rendered (checked against the renderer).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Fixed {
@@ -284,6 +302,13 @@ fixed!(
     close
 );
 fixed!(
+    METHOD_OVERRIDE,
+    400,
+    "BadRequestError",
+    "method_override",
+    "method overrides (X-HTTP-Method-Override, X-Method-Override, X-HTTP-Method, _method) are not accepted: send the request with its real method"
+);
+fixed!(
     HEADERS_TOO_LARGE,
     431,
     "RequestHeaderFieldsTooLargeError",
@@ -336,6 +361,7 @@ pub const ALL_FIXED: &[&Fixed] = &[
     &CREDENTIAL_IN_PATH,
     &AMBIGUOUS_FRAMING,
     &UPGRADE_NOT_SUPPORTED,
+    &METHOD_OVERRIDE,
     &HEADERS_TOO_LARGE,
     &METHOD_NOT_ALLOWED,
     &OPERATIONS_ONLY_GET,

@@ -18,14 +18,21 @@ pub struct HeaderLimits {
     pub max_header_bytes: usize,
 }
 
-/// Why a request's head is refused. Every refusal closes the connection: whatever follows
-/// an ambiguous or oversized head cannot be trusted.
+/// Why a request's head is refused. Every refusal but a method override closes the
+/// connection: whatever follows an ambiguous or oversized head cannot be trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     AmbiguousFraming,
     UpgradeRefused,
     HeadersTooLarge,
+    /// `X-HTTP-Method-Override`, `X-Method-Override` or `X-HTTP-Method`: an upstream that
+    /// honours one would run another method than the one the gateway checked.
+    MethodOverride,
 }
+
+/// The method-override headers frameworks honour (Rails, Express, ASP.NET, Google APIs).
+const METHOD_OVERRIDE_HEADERS: [&str; 3] =
+    ["x-http-method-override", "x-method-override", "x-http-method"];
 
 impl Refusal {
     pub fn answer(self) -> Answer {
@@ -33,6 +40,11 @@ impl Refusal {
             Refusal::AmbiguousFraming => (&answer::AMBIGUOUS_FRAMING, Rejection::AmbiguousFraming),
             Refusal::UpgradeRefused => (&answer::UPGRADE_NOT_SUPPORTED, Rejection::UpgradeRefused),
             Refusal::HeadersTooLarge => (&answer::HEADERS_TOO_LARGE, Rejection::HeadersTooLarge),
+            Refusal::MethodOverride => {
+                return answer::METHOD_OVERRIDE
+                    .answer()
+                    .because(Rejection::MethodOverride)
+            }
         };
         fixed.answer().because(reason).closing()
     }
@@ -55,8 +67,14 @@ pub fn check(
     let mut upgrade = false;
     let (mut te, mut te_count) = (None, 0usize);
     let (mut cl, mut cl_count) = (None, 0usize);
+    let mut method_override = false;
     for (k, v) in headers {
         bytes += k.as_str().len() + v.len() + 4;
+        // Names of 13 to 22 bytes starting `x-`: the three override headers' only candidates.
+        let n = k.as_str();
+        if n.len() >= 13 && n.starts_with("x-") {
+            method_override |= METHOD_OVERRIDE_HEADERS.contains(&n);
+        }
         if k == header::UPGRADE {
             upgrade = true;
         } else if k == header::TRANSFER_ENCODING {
@@ -72,6 +90,9 @@ pub fn check(
     }
     if upgrade {
         return Err(Refusal::UpgradeRefused);
+    }
+    if method_override {
+        return Err(Refusal::MethodOverride);
     }
     if let Some(first) = te {
         if te_count > 1

@@ -16,7 +16,7 @@ pub mod metrics;
 pub mod permissions;
 pub mod proxy;
 pub mod store;
-pub mod target;
+pub mod request_target;
 pub mod tls;
 pub mod upstream;
 
@@ -282,7 +282,7 @@ pub fn build(config: Config) -> Result<Built, StartError> {
                 config.management_tokens.clone(),
                 config.inbox_directory.clone(),
             ),
-            key_format,
+            key_format: key_format.clone(),
             clock: Default::default(),
             page_tokens,
             limiter,
@@ -291,17 +291,20 @@ pub fn build(config: Config) -> Result<Built, StartError> {
         },
         verifier,
         usage: usage.clone(),
-        routes: config.routes.clone(),
+        pipeline: proxy::Pipeline::new(
+            config.routes.clone(),
+            key_format.clone(),
+            guard::HeaderLimits {
+                max_headers: config.limits.max_headers,
+                max_header_bytes: config.limits.max_header_bytes,
+            },
+        ),
         upstreams: upstreams.clone(),
         metrics: metrics.clone(),
         access_log: config
             .access_log
             .then(|| access_log::AccessLog::start(metrics.clone())),
         request_ids: RequestIds::default(),
-        header_limits: guard::HeaderLimits {
-            max_headers: config.limits.max_headers,
-            max_header_bytes: config.limits.max_header_bytes,
-        },
         trusted_proxies: client_ip::TrustedProxies::new(config.server.trusted_proxies.clone()),
     };
     let mut proxy = proxy_service(&config, &mut server, gateway, &metrics)?;

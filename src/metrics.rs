@@ -68,6 +68,8 @@ label_enum!(
         Expired => "expired",
         InsufficientPermission => "insufficient_permission",
         MethodNotAllowed => "method_not_allowed",
+        NonCanonicalTarget => "non_canonical_target",
+        MethodOverride => "method_override",
     }
 );
 

@@ -2,7 +2,7 @@
 //! aggressive decoding some servers do: every escape, overlong UTF-8, NFKC) to a path of
 //! another inbox.
 
-use agentry_gateway::target::{segment_equals, validate_path, RouteTemplate};
+use agentry_gateway::request_target::{segment_equals, validate_path, RouteTemplate};
 use proptest::prelude::*;
 use unicode_normalization::UnicodeNormalization;
 

@@ -204,3 +204,27 @@ fn requirements_and_permissions_name_their_field() {
     .to_string();
     assert!(e.contains("keys.max_lifetime_days"), "{e}");
 }
+
+#[test]
+fn routes_under_the_gateways_own_api_are_refused() {
+    let upstream = "\n[[upstreams]]\nname = \"inbox\"\naddresses = [\"127.0.0.1:3000\"]\n";
+    for path in [
+        "/v0/inboxes/{inbox_id}/api-keys",
+        "/v0/inboxes/{inbox_id}/api-keys/*",
+        "/v0/inboxes/{inbox_id}/api-keys/*/rotate",
+        "/human/v0/inboxes/{inbox_id}",
+    ] {
+        let text = format!(
+            "{MINIMAL}{upstream}[[routes]]\npath = \"{path}\"\nupstream = \"inbox\"\n"
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("routes[0].path") && e.contains("never proxied"),
+            "{path}: {e}"
+        );
+    }
+    let text = format!(
+        "{MINIMAL}{upstream}[[routes]]\npath = \"/v0/inboxes/{{inbox_id}}/api-keys-archive\"\nupstream = \"inbox\"\n"
+    );
+    assert!(parse(&text).is_ok());
+}

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::permissions::Vocabulary;
-use crate::target::RouteTemplate;
+use crate::request_target::RouteTemplate;
 
 /// The validated configuration the gateway runs on.
 #[derive(Debug, Clone)]

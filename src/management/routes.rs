@@ -1,10 +1,11 @@
-//! Management routing: `/human/v0/inboxes/{inbox_id}/api-keys[/{api_key_id}]` from raw path bytes.
+//! Management endpoints: what a path of the gateway's own API (as the one router reads it)
+//! and a method call for.
 
 use http::Method;
 
 use super::errors::{ApiError, NotFound};
 use crate::metrics::ManagementRoute;
-use crate::target::{inbox_id, validate_query, TargetError};
+use crate::request_target::{inbox_id, ApiPath, RequestTarget, Routed, Router, TargetError};
 
 /// A recognised management endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,11 +46,6 @@ impl Endpoint {
     }
 }
 
-/// Whether a raw path (query already split off) belongs to the management API.
-pub fn is_management_path(path: &[u8]) -> bool {
-    path == b"/human" || path.starts_with(b"/human/")
-}
-
 fn inbox_error(message: impl Into<String>) -> ApiError {
     ApiError::validation(&["path", "inbox_id"], message)
 }
@@ -57,24 +53,6 @@ fn inbox_error(message: impl Into<String>) -> ApiError {
 /// Decodes and validates the `{inbox_id}` segment.
 fn inbox_id(raw: &[u8]) -> Result<String, ApiError> {
     inbox_id::decode_segment(raw).map_err(inbox_error)
-}
-
-/// Whether a raw path is the key-managed API (`/v0/inboxes/{inbox_id}/api-keys[/{id}]`):
-/// answered by the gateway for an API key of that inbox, never proxied.
-pub fn is_key_management_path(path: &[u8]) -> bool {
-    // Asked of every proxied path: most fail at the prefix, before any splitting.
-    let Some(rest) = path.strip_prefix(b"/v0/inboxes/") else {
-        return false;
-    };
-    // `{inbox_id}/api-keys` or `{inbox_id}/api-keys/{id}`, nothing more.
-    let Some(slash) = rest.iter().position(|&b| b == b'/') else {
-        return false;
-    };
-    match rest[slash + 1..].strip_prefix(b"api-keys") {
-        Some([]) => true,
-        Some([b'/', id @ ..]) => !id.contains(&b'/'),
-        _ => false,
-    }
 }
 
 /// Which API a management path is under.
@@ -91,25 +69,35 @@ pub fn route(method: &Method, path: &[u8], query: &[u8]) -> Result<Endpoint, Api
     route_under(Base::Human, method, path, query)
 }
 
-/// [`route`] for either base.
+/// [`route`] for either base: the target read by the one parser and the one router (the
+/// proxy's), then the endpoint from the router's answer and the method.
 pub fn route_under(
     base: Base,
     method: &Method,
     path: &[u8],
     query: &[u8],
 ) -> Result<Endpoint, ApiError> {
-    validate_query(query)
-        .map_err(|e: TargetError| ApiError::validation(&["query"], e.message()))?;
-    let prefix: &[&[u8]] = match base {
-        Base::Human => &[b"", b"human", b"v0", b"inboxes"],
-        Base::Key => &[b"", b"v0", b"inboxes"],
+    let target = RequestTarget::from_parts(path, query).map_err(target_error)?;
+    let api_path = match (base, Router::default().route(&target).map_err(target_error)?) {
+        (Base::Human, Routed::Human(p)) | (Base::Key, Routed::KeyApi(p)) => p,
+        _ => return Err(ApiError::NotFound(NotFound::Route)),
     };
-    let segs: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
-    if !segs.starts_with(prefix) {
-        return Err(ApiError::NotFound(NotFound::Route));
-    }
-    match &segs[prefix.len()..] {
-        [inbox, b"api-keys"] => {
+    endpoint(method, api_path)
+}
+
+/// A refused target, as the management API words it.
+fn target_error(e: TargetError) -> ApiError {
+    let field = match e {
+        TargetError::MethodOverride => "query",
+        _ => "path",
+    };
+    ApiError::validation(&[field], e.message())
+}
+
+/// The endpoint for a method on a path of the gateway's own API.
+pub fn endpoint(method: &Method, path: ApiPath<'_>) -> Result<Endpoint, ApiError> {
+    match path {
+        ApiPath::Keys { inbox } => {
             let inbox_id = inbox_id(inbox)?;
             match *method {
                 Method::GET => Ok(Endpoint::ListApiKeys { inbox_id }),
@@ -117,9 +105,9 @@ pub fn route_under(
                 _ => Err(ApiError::MethodNotAllowed { allow: "GET, POST" }),
             }
         }
-        [inbox, b"api-keys", key] if !key.is_empty() => {
+        ApiPath::Key { inbox, id } => {
             let inbox_id = inbox_id(inbox)?;
-            let api_key_id = String::from_utf8(crate::target::decode_segment(key))
+            let api_key_id = String::from_utf8(crate::request_target::decode_segment(id))
                 .map_err(|_| ApiError::NotFound(NotFound::ApiKey))?;
             match *method {
                 Method::DELETE => Ok(Endpoint::DeleteApiKey {
@@ -135,7 +123,7 @@ pub fn route_under(
                 }),
             }
         }
-        _ => Err(ApiError::NotFound(NotFound::Route)),
+        ApiPath::Unknown => Err(ApiError::NotFound(NotFound::Route)),
     }
 }
 
@@ -179,7 +167,7 @@ mod tests {
             let e = r(Method::GET, p).unwrap_err();
             assert_eq!(e.status(), 400, "{p}");
         }
-        let ok = format!("/human/v0/inboxes/{}/api-keys", "é".repeat(254));
+        let ok = format!("/human/v0/inboxes/{}/api-keys", "%C3%A9".repeat(254));
         assert!(r(Method::GET, &ok).is_ok());
     }
 
@@ -187,10 +175,17 @@ mod tests {
     fn unknown_paths_and_methods() {
         assert_eq!(r(Method::GET, "/human/v0/nope").unwrap_err().status(), 404);
         assert_eq!(
-            r(Method::GET, "/human/v0/inboxes/x/api-keys/")
+            r(Method::GET, "/human/v0/inboxes/x/api-keys/k/more")
                 .unwrap_err()
                 .status(),
             404
+        );
+        // An empty segment is refused by the target's one parser, like every path.
+        assert_eq!(
+            r(Method::GET, "/human/v0/inboxes/x/api-keys/")
+                .unwrap_err()
+                .status(),
+            400
         );
         assert!(matches!(
             r(Method::PUT, "/human/v0/inboxes/x/api-keys"),
@@ -202,71 +197,5 @@ mod tests {
                 allow: "DELETE, PATCH"
             })
         ));
-    }
-
-    /// The definition `is_key_management_path` shortcuts: split into segments.
-    fn key_management_by_segments(path: &[u8]) -> bool {
-        let Some(rest) = path.strip_prefix(b"/v0/inboxes/") else {
-            return false;
-        };
-        let mut segs = rest.split(|&b| b == b'/');
-        let _inbox = segs.next();
-        segs.next() == Some(b"api-keys") && segs.nth(1).is_none()
-    }
-
-    #[test]
-    fn key_management_paths_are_told_apart() {
-        for yes in [
-            &b"/v0/inboxes/a@b.c/api-keys"[..],
-            b"/v0/inboxes/a@b.c/api-keys/key_1",
-            b"/v0/inboxes//api-keys",
-            b"/v0/inboxes/a/api-keys/",
-        ] {
-            assert!(
-                is_key_management_path(yes),
-                "{}",
-                String::from_utf8_lossy(yes)
-            );
-        }
-        for no in [
-            &b"/v0/inboxes/a@b.c/messages"[..],
-            b"/v0/inboxes/a@b.c/api-keys/key_1/x",
-            b"/v0/inboxes/a@b.c/api-keysx",
-            b"/v0/inboxes/a@b.c/api-key",
-            b"/v0/inboxes/api-keys",
-            b"/v0/inboxes/a@b.c",
-            b"/v0/inboxes/",
-            b"/human/v0/inboxes/a/api-keys",
-            b"/v0/inboxes/a/b/api-keys",
-        ] {
-            assert!(
-                !is_key_management_path(no),
-                "{}",
-                String::from_utf8_lossy(no)
-            );
-        }
-    }
-
-    const PARTS: &[&[u8]] = &[b"/", b"api-keys", b"a", b"api-key", b"s", b""];
-
-    proptest::proptest! {
-        #[test]
-        fn key_management_shortcut_agrees_with_segments(
-            tail in proptest::collection::vec(
-                proptest::sample::select(PARTS),
-                0..6,
-            )
-        ) {
-            let mut path = b"/v0/inboxes/".to_vec();
-            for part in tail {
-                path.extend_from_slice(part);
-            }
-            proptest::prop_assert_eq!(
-                is_key_management_path(&path),
-                key_management_by_segments(&path),
-                "{}",
-                String::from_utf8_lossy(&path)
-            );
-        }
     }
 }

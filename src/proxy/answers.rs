@@ -7,16 +7,9 @@ use pingora::{ErrorSource, ErrorType};
 
 use crate::answer::{self, Answer, Fixed};
 use crate::metrics::{Rejection, UpstreamError};
-use crate::target::TargetError;
 
 /// The error type of "no healthy upstream address".
 pub(super) const NO_HEALTHY_BACKEND: ErrorType = ErrorType::Custom("no_healthy_backend");
-
-/// The answer to a refused request target.
-pub(super) fn target_answer(e: TargetError) -> Answer {
-    Answer::error(400, "ValidationError", "bad_request_target", e.message())
-        .because(Rejection::BadRequestTarget)
-}
 
 /// 403 for a key without the permission a call needs; the message names the permission.
 pub(super) fn insufficient_permission(permission: &str) -> Answer {
@@ -175,16 +168,5 @@ mod tests {
             );
             assert_eq!(f.upstream, *reason, "{etype:?} from {source:?}");
         }
-    }
-
-    #[test]
-    fn refused_targets_answer_json() {
-        let a = target_answer(TargetError::ForbiddenEscape);
-        assert_eq!(a.status, 400);
-        assert_eq!(a.reason, Some(Rejection::BadRequestTarget));
-        let v: serde_json::Value = serde_json::from_slice(a.body.as_bytes()).unwrap();
-        assert_eq!(v["name"], "ValidationError");
-        assert_eq!(v["code"], "bad_request_target");
-        assert_eq!(v["message"], TargetError::ForbiddenEscape.message());
     }
 }

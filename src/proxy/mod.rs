@@ -14,27 +14,24 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 
 use crate::access_log::{AccessLog, AccessRecord};
-use crate::answer::{self, Answer, Body};
+use crate::answer::{self, Answer, Body, IntoAnswer};
 use crate::auth::usage::UsageRecorder;
-use crate::auth::{ApiKeyIdentity, AuthFailure, ClientAddr, Verifier};
+use crate::auth::{ApiKeyIdentity, ClientAddr, Verifier};
 use crate::client_ip::TrustedProxies;
 use crate::clock::now_us;
-use crate::config::{Requirements, RouteConfig};
-use crate::guard::{self, HeaderLimits, Refusal};
 use crate::header_deadline::DeadlineStream;
-use crate::management::routes::{is_key_management_path, is_management_path};
 use crate::management::{BodySource, Management, PlainRequest};
 use crate::metrics::{ManagementRoute, Metrics, Rejection};
-use crate::target::{
-    check_request_line, segment_equals, split_target, validate_path, validate_query, TargetError,
-};
+use crate::request_target::{RequestTarget, Routed};
 use crate::upstream::Upstream;
 
 mod answers;
 mod headers;
+pub mod pipeline;
 mod request_id;
 
-use answers::{classify, has_body, insufficient_permission, target_answer, NO_HEALTHY_BACKEND};
+use answers::{classify, has_body, NO_HEALTHY_BACKEND};
+pub use pipeline::{Http1Head, Pipeline, PlainHead};
 pub use request_id::RequestIds;
 
 // Prebuilt names: inserted into the `http` map directly (see `headers`), they cost nothing.
@@ -55,12 +52,12 @@ pub struct Gateway {
     pub management: Management,
     pub verifier: Arc<Verifier>,
     pub usage: Arc<UsageRecorder>,
-    pub routes: Vec<RouteConfig>,
+    /// The decision steps before the upstream (router, routes, head limits).
+    pub pipeline: Pipeline,
     pub upstreams: Arc<Vec<Upstream>>,
     pub metrics: Arc<Metrics>,
     pub access_log: Option<AccessLog>,
     pub request_ids: RequestIds,
-    pub header_limits: HeaderLimits,
     pub trusted_proxies: TrustedProxies,
 }
 
@@ -114,33 +111,6 @@ impl BodySource for SessionBody<'_> {
             .await
             .map_err(|e| format!("{:?}", e.etype()))
     }
-}
-
-/// Where the path ends and the query starts in the raw target.
-#[derive(Debug, Clone, Copy)]
-struct TargetBounds {
-    path_end: usize,
-    query_start: usize,
-}
-
-/// A route that says what it needs: the method must be one it takes (405 with `Allow`), and
-/// the key must hold that method's permission (403 naming the permission, never the key).
-fn check_permission(
-    require: &Requirements,
-    method: &http::Method,
-    identity: &ApiKeyIdentity,
-) -> Decision {
-    let Some(needed) = require.permission_for(method) else {
-        let mut a = answer::METHOD_NOT_ALLOWED
-            .answer()
-            .because(Rejection::MethodNotAllowed);
-        a.allow = Some(require.allow.clone());
-        return Err(a);
-    };
-    if identity.permissions.contains(needed) {
-        return Ok(());
-    }
-    Err(insufficient_permission(require.name(needed)))
 }
 
 /// What the request filter decided: forward upstream, or answer here.
@@ -208,93 +178,40 @@ impl Gateway {
         }
     }
 
-    /// Step 1: framing and header limits (pingora #945 and friends).
-    fn check_framing(&self, session: &Session) -> Decision {
+    /// The pingora request as the plain head the decision steps read.
+    fn plain_head<'a>(session: &'a Session, raw: Option<&'a [u8]>) -> PlainHead<'a> {
         let req = session.req_header();
-        // The raw head is only needed to see a Content-Length beside Transfer-Encoding.
-        let raw = req
-            .headers
-            .contains_key(header::TRANSFER_ENCODING)
-            .then(|| session.as_http1().map(|h1| h1.get_headers_raw_bytes()))
-            .flatten();
-        guard::check(
-            req.version,
-            &req.headers,
-            raw.as_deref(),
-            self.header_limits,
-        )
-        .map_err(Refusal::answer)
-    }
-
-    /// Step 2: the target as sent (request line), origin-form, and no key anywhere in it.
-    fn check_target(
-        &self,
-        session: &Session,
-        ctx: &mut RequestCtx,
-    ) -> std::result::Result<TargetBounds, Answer> {
-        let req = session.req_header();
-        let raw = req.raw_path();
-        // The request line as the client sent it must be what pingora parsed: it drops a
-        // `#` fragment and escapes spaces and other bytes, and the gateway decides on the target.
-        if let Some(h1) = session.as_http1() {
-            let plain = h1
-                .stream()
+        // The stream's own view of the request line: pingora rewrites some lines before it
+        // parses them, so only the bytes as they arrived tell (see `header_deadline`).
+        let line_plain = session.as_http1().is_none_or(|h1| {
+            h1.stream()
                 .as_any()
                 .downcast_ref::<DeadlineStream>()
-                .is_none_or(DeadlineStream::request_line_was_plain);
-            if !plain {
-                return Err(target_answer(TargetError::MalformedRequestLine).closing());
-            }
-            check_request_line(
-                &h1.get_headers_raw_bytes(),
-                req.method.as_str().as_bytes(),
-                raw,
-            )
-            .map_err(|e| target_answer(e).closing())?;
+                .is_none_or(DeadlineStream::request_line_was_plain)
+        });
+        PlainHead {
+            method: &req.method,
+            version: req.version,
+            target: req.raw_path(),
+            headers: &req.headers,
+            http1: raw.map(|raw| Http1Head { raw, line_plain }),
         }
-        let (path, query) = split_target(raw).map_err(|e| target_answer(e).closing())?;
-        let bounds = TargetBounds {
-            path_end: path.len(),
-            query_start: raw.len() - query.len(),
-        };
-        // A key anywhere in the URL, however encoded, ends up in upstream and proxy logs:
-        // refuse it (on every path, management included) and never log the target.
-        let format = self.verifier.key_format();
-        let in_url = if format.appears_in_url(path) {
-            Some(&answer::CREDENTIAL_IN_PATH)
-        } else if format.appears_in_url(query) {
-            Some(&answer::CREDENTIAL_IN_QUERY)
-        } else {
-            None
-        };
-        if let Some(fixed) = in_url {
-            ctx.redact_target = true;
-            return Err(fixed.answer().because(Rejection::BadRequestTarget));
-        }
-        Ok(bounds)
     }
 
     /// The request as plain data for the management handlers.
-    fn plain_request(&self, session: &Session, bounds: TargetBounds) -> PlainRequest {
+    fn plain_request(&self, session: &Session, target: &RequestTarget<'_>) -> PlainRequest {
         let h = session.req_header();
-        let raw = h.raw_path();
         PlainRequest {
             method: h.method.clone(),
-            path: raw[..bounds.path_end].to_vec(),
-            query: raw[bounds.query_start..].to_vec(),
+            path: target.path().to_vec(),
+            query: target.query().to_vec(),
             headers: h.headers.clone(),
             client: self.client_ip(session).ip(),
         }
     }
 
     /// A management request, answered here from plain inputs.
-    async fn management(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        bounds: TargetBounds,
-    ) -> Answer {
-        let req = self.plain_request(session, bounds);
+    async fn management(&self, session: &mut Session, ctx: &mut RequestCtx, req: PlainRequest) -> Answer {
         let r = self
             .management
             .handle(&req, &mut SessionBody(session))
@@ -305,28 +222,16 @@ impl Gateway {
 
     /// A call of the key-managed API: authenticated like any proxied request (limiter,
     /// expiry), then answered here from the gateway's own store, never forwarded.
-    async fn key_management(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        bounds: TargetBounds,
-    ) -> Answer {
-        let raw = session.req_header().raw_path();
-        if let Err(e) = validate_path(&raw[..bounds.path_end]) {
-            return target_answer(e);
-        }
+    async fn key_management(&self, session: &mut Session, ctx: &mut RequestCtx, req: PlainRequest) -> Answer {
+        ctx.kind = Kind::Management(ManagementRoute::Other);
         let identity = match self
             .verifier
-            .authenticate(&session.req_header().headers, self.client_ip(session))
+            .authenticate(&req.headers, self.client_ip(session))
             .await
         {
             Ok(id) => id,
-            Err(f) => {
-                ctx.kind = Kind::Management(ManagementRoute::Other);
-                return f.answer();
-            }
+            Err(f) => return f.into_answer(),
         };
-        let req = self.plain_request(session, bounds);
         let r = self
             .management
             .handle_by_key(&req, &mut SessionBody(session), &identity)
@@ -337,63 +242,46 @@ impl Gateway {
         r.answer
     }
 
-    /// Step 3 of a proxied request: authenticate, route and scope.
-    async fn authorize(
-        &self,
-        session: &Session,
-        ctx: &mut RequestCtx,
-        bounds: TargetBounds,
-    ) -> Decision {
+    /// Every step before the upstream, in order; `Err` is the gateway's own answer.
+    async fn decide(&self, session: &mut Session, ctx: &mut RequestCtx) -> Decision {
+        // The raw head is kept by pingora as shared bytes: a reference count, not a copy.
+        let raw = session.as_http1().map(|h1| h1.get_headers_raw_bytes());
+        let head = Self::plain_head(session, raw.as_deref());
+        let routing = match self.pipeline.route(&head) {
+            Ok(r) => r,
+            Err(refused) => {
+                ctx.redact_target = refused.redact_target;
+                return Err(refused.answer);
+            }
+        };
+        let (route, inbox) = match routing.routed {
+            Routed::Human(_) => {
+                let req = self.plain_request(session, &routing.target);
+                return Err(self.management(session, ctx, req).await);
+            }
+            Routed::KeyApi(_) => {
+                let req = self.plain_request(session, &routing.target);
+                return Err(self.key_management(session, ctx, req).await);
+            }
+            Routed::Proxy { route, inbox } => (Some(route), inbox),
+            Routed::NoRoute => (None, &[][..]),
+        };
         let req = session.req_header();
-        let raw = req.raw_path();
-        validate_path(&raw[..bounds.path_end])
-            .and_then(|_| validate_query(&raw[bounds.query_start..]))
-            .map_err(target_answer)?;
+        // Authenticated before "no route": a client without a key learns nothing of the routes.
         let identity = self
             .verifier
             .authenticate(&req.headers, self.client_ip(session))
-            .await
-            .map_err(AuthFailure::answer)?;
-        let path = &raw[..bounds.path_end];
-        let (i, in_scope) = self
-            .routes
-            .iter()
-            .enumerate()
-            .find_map(|(i, r)| {
-                let segment = r.template.match_path(path)?;
-                Some((
-                    i,
-                    segment_equals(segment, identity.inbox.inbox_id.as_bytes()),
-                ))
-            })
-            .ok_or_else(|| answer::ROUTE_NOT_FOUND.answer().because(Rejection::NoRoute))?;
-        ctx.route = Some(i);
-        if !in_scope {
-            return Err(answer::FORBIDDEN_INBOX
-                .answer()
-                .because(Rejection::ForbiddenInbox));
-        }
-        if let Some(require) = &self.routes[i].require {
-            check_permission(require, &req.method, &identity)?;
-        }
+            .await?;
+        let route =
+            route.ok_or_else(|| answer::ROUTE_NOT_FOUND.answer().because(Rejection::NoRoute))?;
+        ctx.route = Some(route);
+        let upstream = self
+            .pipeline
+            .authorize(route, inbox, &req.method, identity.as_ref().into())?;
         self.usage.touch(&identity, now_us());
-        ctx.upstream = Some(self.routes[i].upstream);
+        ctx.upstream = Some(upstream);
         ctx.identity = Some(identity);
         Ok(())
-    }
-
-    /// Every step before the upstream, in order; `Err` is the gateway's own answer.
-    async fn decide(&self, session: &mut Session, ctx: &mut RequestCtx) -> Decision {
-        self.check_framing(session)?;
-        let bounds = self.check_target(session, ctx)?;
-        let path = &session.req_header().raw_path()[..bounds.path_end];
-        if is_management_path(path) {
-            return Err(self.management(session, ctx, bounds).await);
-        }
-        if is_key_management_path(path) {
-            return Err(self.key_management(session, ctx, bounds).await);
-        }
-        self.authorize(session, ctx, bounds).await
     }
 }
 
@@ -571,7 +459,7 @@ impl ProxyHttp for Gateway {
                     .observe(elapsed.as_secs_f64());
             }
             Kind::Proxy | Kind::Unknown => {
-                let i = ctx.route.unwrap_or(self.routes.len());
+                let i = ctx.route.unwrap_or(self.pipeline.routes.len());
                 self.metrics.proxy_requests[i].inc(status);
                 self.metrics.proxy_duration.observe(elapsed.as_secs_f64());
             }

@@ -540,7 +540,7 @@ impl Validator<'_> {
                 let mut map = BTreeMap::new();
                 for (i, inbox) in d.inboxes.into_iter().enumerate() {
                     let field = format!("inbox_directory.inboxes[{i}].inbox_id");
-                    if let Err(msg) = crate::target::inbox_id::validate(&inbox.inbox_id) {
+                    if let Err(msg) = crate::request_target::inbox_id::validate(&inbox.inbox_id) {
                         return Err(self.err(field, msg));
                     }
                     if inbox.pod_id.as_deref() == Some("") {

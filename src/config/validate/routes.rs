@@ -9,7 +9,7 @@ use super::super::types::*;
 use super::super::*;
 use super::Validator;
 use crate::permissions::Vocabulary;
-use crate::target::RouteTemplate;
+use crate::request_target::RouteTemplate;
 
 impl Validator<'_> {
     pub(super) fn upstreams(
@@ -233,6 +233,15 @@ impl Validator<'_> {
         for (i, r) in routes.into_iter().enumerate() {
             let template = RouteTemplate::parse(&r.path)
                 .map_err(|msg| self.err(format!("routes[{i}].path"), msg))?;
+            if crate::request_target::Router::claimed_by_own_api(&template) {
+                return Err(self.err(
+                    format!("routes[{i}].path"),
+                    format!(
+                        "{:?} is under the gateway's own API (/human/... or /v0/inboxes/{{inbox_id}}/api-keys/...), which is answered by the gateway and never proxied; remove this route",
+                        r.path
+                    ),
+                ));
+            }
             let upstream = upstreams
                 .iter()
                 .position(|u| u.name == r.upstream)

@@ -1,12 +1,24 @@
 //! Route templates like `/v0/inboxes/{inbox_id}/messages/*`: which configured route a path
-//! falls under, by exact bytes, and its raw `{inbox_id}` segment.
+//! falls under, and its raw `{inbox_id}` segment.
 //!
 //! A template matches its path and everything below it, on segment boundaries. `*` is any one
 //! segment; a trailing `**` says "and everything below" explicitly (the same match). When
 //! several templates match, the most specific wins whatever their order: compared segment by
 //! segment, a literal beats `{inbox_id}` or `*`, and a longer template beats its prefix.
+//!
+//! A literal matches a segment that reads as it to a lenient server ([`super::loosely_equal`]:
+//! escaped, another letter case, fullwidth), and the match says whether every literal was
+//! spelled byte for byte: the router refuses a best match that was not.
 
-use super::is_pchar_byte;
+use super::{is_pchar_byte, loosely_equal};
+
+/// A template's match of a path: its raw `{inbox_id}` segment, and whether some literal
+/// segment matched only loosely (not byte for byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TemplateMatch<'p> {
+    pub inbox: &'p [u8],
+    pub loose: bool,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
@@ -120,23 +132,40 @@ impl RouteTemplate {
                 })
     }
 
-    /// If a validated path falls under this template, returns its raw `{inbox_id}` segment.
-    pub fn match_path<'p>(&self, path: &'p [u8]) -> Option<&'p [u8]> {
-        let mut parts = path.get(1..)?.split(|&b| b == b'/');
+    /// Whether a path's segments (as sent) fall under this template, and how (see
+    /// [`TemplateMatch`]).
+    pub fn matches<'p>(
+        &self,
+        mut parts: impl Iterator<Item = &'p [u8]>,
+    ) -> Option<TemplateMatch<'p>> {
         let mut inbox = None;
+        let mut loose = false;
         for seg in &self.segments {
             let got = parts.next()?;
             match seg {
                 Segment::Literal(lit) => {
                     if **lit != *got {
-                        return None;
+                        if !loosely_equal(got, lit) {
+                            return None;
+                        }
+                        loose = true;
                     }
                 }
                 Segment::Inbox => inbox = Some(got),
                 Segment::Any => {}
             }
         }
-        inbox
+        Some(TemplateMatch {
+            inbox: inbox?,
+            loose,
+        })
+    }
+
+    /// [`RouteTemplate::matches`] on a path (a test and fuzz convenience): the raw
+    /// `{inbox_id}` segment of a match whose literals were all spelled byte for byte.
+    pub fn match_path<'p>(&self, path: &'p [u8]) -> Option<&'p [u8]> {
+        let m = self.matches(path.get(1..)?.split(|&b| b == b'/'))?;
+        (!m.loose).then_some(m.inbox)
     }
 }
 

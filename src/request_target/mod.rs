@@ -1,15 +1,26 @@
-//! The request-target grammar: which targets are admitted, by their exact bytes, and how the
-//! `{inbox_id}` segment reads. Config, proxy, management and the fuzz targets import it.
+//! The request target, parsed once into its one meaning: [`RequestTarget::parse`] admits a
+//! target only in canonical form, and [`router::Router`] decides on that form which API or
+//! route it belongs to. Nothing else in the crate compares path bytes.
 //!
 //! Pingora does no path normalization, and neither do we: a path is admitted only if no
 //! RFC 3986 normalization or common server decoding (percent-decoding, overlong UTF-8, NFKC)
-//! could make it mean another path. Admitted paths are forwarded byte for byte; the
-//! `{inbox_id}` segment is percent-decoded once and compared exactly with the key's inbox.
+//! could make it mean another path. The rules, one per kind of escape:
+//! - an escape of an unreserved character (`A-Z a-z 0-9 - . _ ~`, RFC 3986 §2.3) is the
+//!   character itself to any normalizer, so a target holding one is not canonical: 400
+//!   `non_canonical_target` (refused, not rewritten, so what is forwarded is what was checked);
+//! - escapes of `/`, `\`, `%`, `;`, `.` and control bytes, malformed escapes, non-UTF-8 and
+//!   look-alikes of `.`, `/`, `\`: 400 `bad_request_target`;
+//! - other escapes (reserved characters, UTF-8) stay as sent; hex case does not matter.
+//!
+//! Admitted paths are forwarded byte for byte; the `{inbox_id}` segment is percent-decoded once
+//! and compared exactly with the key's inbox.
 
 pub mod inbox_id;
 pub mod lookalike;
+pub mod router;
 pub mod template;
 
+pub use router::{ApiPath, Routed, Router};
 pub use template::RouteTemplate;
 
 /// Why a request target is refused (400).
@@ -29,6 +40,13 @@ pub enum TargetError {
     /// The request line is not `METHOD SP target SP version` with the target as parsed
     /// (a space or `#` in the target, extra spaces).
     MalformedRequestLine,
+    /// An escape of an unreserved character, or a route's literal segment spelled other than
+    /// the route spells it (escaped, another letter case, fullwidth): a normalizing upstream
+    /// would read another path than the one checked.
+    NonCanonical,
+    /// A `_method` query parameter: an upstream that honours it would run another method than
+    /// the one the gateway checked.
+    MethodOverride,
 }
 
 impl TargetError {
@@ -44,8 +62,67 @@ impl TargetError {
             TargetError::MalformedRequestLine => {
                 "request line must be METHOD, one space, the target (no spaces or '#'), one space, the HTTP version"
             }
+            TargetError::NonCanonical => {
+                "request target is not in canonical form: send unreserved characters (A-Z a-z 0-9 - . _ ~) unescaped and spell each path segment exactly as the API does"
+            }
+            TargetError::MethodOverride => {
+                "method overrides are not accepted (_method query parameter): send the request with its real method"
+            }
         }
     }
+
+    /// The error's `code` in the JSON body (and the metric reason's label).
+    pub fn code(self) -> &'static str {
+        match self {
+            TargetError::NonCanonical => "non_canonical_target",
+            TargetError::MethodOverride => "method_override",
+            _ => "bad_request_target",
+        }
+    }
+}
+
+/// A request target admitted in canonical form: its path and query, each checked. Built only
+/// by [`RequestTarget::parse`] (or [`RequestTarget::from_parts`]), so holding one means the
+/// rules in the module doc held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestTarget<'a> {
+    path: &'a [u8],
+    query: &'a [u8],
+}
+
+impl<'a> RequestTarget<'a> {
+    /// Parses a raw request target once: origin-form, every path segment by the rules in the
+    /// module doc, the query's bytes, and no `_method` override in the query.
+    pub fn parse(raw: &'a [u8]) -> Result<RequestTarget<'a>, TargetError> {
+        let (path, query) = split_target(raw)?;
+        RequestTarget::from_parts(path, query)
+    }
+
+    /// [`RequestTarget::parse`] for a target already split at its `?`.
+    pub fn from_parts(path: &'a [u8], query: &'a [u8]) -> Result<RequestTarget<'a>, TargetError> {
+        validate_path(path)?;
+        validate_query(query)?;
+        Ok(RequestTarget { path, query })
+    }
+
+    /// The path, query split off.
+    pub fn path(&self) -> &'a [u8] {
+        self.path
+    }
+
+    /// The query without its `?` (empty when there is none).
+    pub fn query(&self) -> &'a [u8] {
+        self.query
+    }
+
+    /// The path's segments as sent (the leading `/` dropped; `/` alone has one empty segment).
+    pub fn segments(&self) -> std::slice::Split<'a, u8, fn(&u8) -> bool> {
+        self.path[1..].split(is_slash as fn(&u8) -> bool)
+    }
+}
+
+fn is_slash(b: &u8) -> bool {
+    *b == b'/'
 }
 
 /// RFC 3986 `pchar` minus `;` (matrix parameters are refused) plus `%` (checked separately).
@@ -88,6 +165,11 @@ const fn pchar_rule(b: u8) -> bool {
         )
 }
 
+/// RFC 3986 §2.3 unreserved characters: escaped or not, the same character.
+pub(crate) fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
 fn hex_val(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
 }
@@ -111,13 +193,67 @@ pub fn split_target(raw: &[u8]) -> Result<(&[u8], &[u8]), TargetError> {
     }
 }
 
-/// Checks a query string: only visible ASCII, no `#`.
+/// Checks a query string: only visible ASCII, no `#`, and no `_method` parameter (by any
+/// spelling: escaped, in any letter case, after `&` or `;`).
 pub fn validate_query(query: &[u8]) -> Result<(), TargetError> {
-    if query.iter().all(|&b| b > b' ' && b < 0x7f && b != b'#') {
-        Ok(())
-    } else {
-        Err(TargetError::ForbiddenCharacter)
+    if !query.iter().all(|&b| b > b' ' && b < 0x7f && b != b'#') {
+        return Err(TargetError::ForbiddenCharacter);
     }
+    // `_method` needs an underscore, raw or escaped (`%5F`): most queries have neither.
+    if memchr::memchr2(b'_', b'%', query).is_some() && has_method_override(query) {
+        return Err(TargetError::MethodOverride);
+    }
+    Ok(())
+}
+
+/// Whether a query holds a parameter whose name reads `_method` to a lenient server.
+fn has_method_override(query: &[u8]) -> bool {
+    query.split(|&b| b == b'&' || b == b';').any(|param| {
+        let name = param.split(|&b| b == b'=').next().unwrap_or(param);
+        loosely_equal(name, b"_method")
+    })
+}
+
+/// The character at `seg[i]` as a lenient server would read it, and how many bytes it took:
+/// an escape decoded, and an escaped fullwidth ASCII form (U+FF01..U+FF5E, which NFKC maps to
+/// ASCII) as its ASCII character. `None` for a malformed escape.
+fn normalized_at(seg: &[u8], i: usize) -> Option<(u8, usize)> {
+    if seg[i] != b'%' {
+        return Some((seg[i], 1));
+    }
+    let d = escape_at(seg, i)?;
+    if d == 0xEF {
+        if let (Some(b2), Some(b3)) = (escape_at(seg, i + 3), escape_at(seg, i + 6)) {
+            let cp = 0xF000 | u32::from(b2 & 0x3F) << 6 | u32::from(b3 & 0x3F);
+            if (0xFF01..=0xFF5E).contains(&cp) && b2 & 0xC0 == 0x80 && b3 & 0xC0 == 0x80 {
+                return Some(((cp - 0xFEE0) as u8, 9));
+            }
+        }
+    }
+    Some((d, 3))
+}
+
+/// Whether a raw segment reads as the plain ASCII `literal` to some lenient server: after
+/// percent-decoding, folding fullwidth forms and ignoring ASCII letter case. The router calls
+/// a literal matched this way, but not byte for byte, non-canonical. Hand-written rather than
+/// `percent-encoding`: it runs on every routed segment and must not allocate.
+pub fn loosely_equal(seg: &[u8], literal: &[u8]) -> bool {
+    if memchr::memchr(b'%', seg).is_none() {
+        return seg.eq_ignore_ascii_case(literal);
+    }
+    let (mut i, mut j) = (0, 0);
+    while i < seg.len() {
+        let Some((b, used)) = normalized_at(seg, i) else {
+            return false;
+        };
+        match literal.get(j) {
+            Some(l) if l.eq_ignore_ascii_case(&b) => {}
+            _ => return false,
+        }
+        i += used;
+        j += 1;
+    }
+    j == literal.len()
 }
 
 /// Checks every segment of an origin-form path (see the module doc for the rules).
@@ -199,6 +335,9 @@ fn validate_segment(seg: &[u8]) -> Result<(), TargetError> {
         if d < 0x80 {
             if matches!(d, b'/' | b'\\' | b'.' | b'%' | b';') || d < 0x20 || d == 0x7f {
                 return Err(TargetError::ForbiddenEscape);
+            }
+            if is_unreserved(d) {
+                return Err(TargetError::NonCanonical);
             }
             i += 3;
             continue;
