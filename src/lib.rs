@@ -8,15 +8,15 @@ pub mod client_ip;
 pub mod clock;
 pub mod config;
 pub mod demo_upstream;
-pub mod guard;
 pub mod header_deadline;
 pub mod keys;
 pub mod management;
 pub mod metrics;
 pub mod permissions;
 pub mod proxy;
-pub mod store;
+pub mod request_head;
 pub mod request_target;
+pub mod store;
 pub mod tls;
 pub mod upstream;
 
@@ -294,7 +294,7 @@ pub fn build(config: Config) -> Result<Built, StartError> {
         pipeline: proxy::Pipeline::new(
             config.routes.clone(),
             key_format.clone(),
-            guard::HeaderLimits {
+            request_head::HeaderLimits {
                 max_headers: config.limits.max_headers,
                 max_header_bytes: config.limits.max_header_bytes,
             },

@@ -357,18 +357,15 @@ fn bad_inputs_get_exact_errors() {
     );
     validation(&r, &["query", "page_token"]);
 
-    // Inbox ids.
-    let long = "a".repeat(255);
-    for inbox in [
-        "",
-        "a%2Fb",
-        "a%2fb",
-        "a%00b",
-        "a%0Ab",
-        "%FF%FE",
-        long.as_str(),
-    ] {
+    // Inbox ids: a segment the request target's one parser refuses gets its answer, as on
+    // every path; an admitted segment that is no inbox id is the management API's own error.
+    for inbox in ["", "a%2Fb", "a%2fb", "a%00b", "a%0Ab", "%FF%FE"] {
         let r = g.mgmt("GET", &keys_path(inbox), ADMIN_TOKEN, None);
+        let v = assert_error(&r, 400, "ValidationError");
+        assert_eq!(v["code"], "bad_request_target", "{inbox}");
+    }
+    for inbox in ["a".repeat(255), "%C3%A9".repeat(255)] {
+        let r = g.mgmt("GET", &keys_path(&inbox), ADMIN_TOKEN, None);
         validation(&r, &["path", "inbox_id"]);
     }
 

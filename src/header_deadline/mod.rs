@@ -15,6 +15,8 @@
 
 mod h2_frames;
 
+use crate::request_head::line::{scan_line, RequestLine};
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -115,68 +117,6 @@ enum Phase {
     Head { tail: [u8; 3], in_request: bool },
     /// The head is complete: the body (if any) reads without a deadline.
     Body,
-}
-
-/// The request line of the head being read, as the client sent it: pingora rewrites some
-/// malformed lines before parsing (it percent-encodes spaces, controls, `"<>` and non-ASCII
-/// bytes in the target, and drops a `#` fragment), so only the raw bytes tell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RequestLine {
-    /// Not started (empty lines before it are skipped).
-    Before,
-    /// Reading it: spaces seen, and whether a byte pingora would rewrite was seen.
-    Reading { spaces: u8, bad: bool },
-    /// Ended: whether it was `METHOD SP target SP version` with only plain bytes.
-    Done { ok: bool },
-}
-
-/// Advances the request-line check over `bytes`: the line's bytes are counted and classified
-/// a slice at a time (memchr finds its end), not through a state change per byte.
-fn scan_line(state: RequestLine, bytes: &[u8]) -> RequestLine {
-    let (spaces, bad, rest) = match state {
-        RequestLine::Done { .. } => return state,
-        // The line's first byte (the method's) must be plain: a space there is refused too.
-        RequestLine::Before => match bytes.iter().position(|&b| b != b'\r' && b != b'\n') {
-            Some(start) => (0u8, !plain_line_byte(bytes[start]), &bytes[start + 1..]),
-            None => return state,
-        },
-        RequestLine::Reading { spaces, bad } => (spaces, bad, bytes),
-    };
-    let (line, ended) = match memchr::memchr(b'\n', rest) {
-        Some(end) => (&rest[..end], true),
-        None => (rest, false),
-    };
-    // Branch-free folds: the compiler runs them many bytes at a time.
-    let more_spaces = line.iter().fold(0usize, |n, &b| n + usize::from(b == b' '));
-    let spaces = spaces.saturating_add(u8::try_from(more_spaces).unwrap_or(u8::MAX));
-    // A CR is fine only right before the LF; the parser refuses any other.
-    let bad = bad
-        || line
-            .iter()
-            .fold(false, |bad, &b| bad | !(LINE_BYTE[usize::from(b)]));
-    if ended {
-        RequestLine::Done {
-            ok: !bad && spaces == 2,
-        }
-    } else {
-        RequestLine::Reading { spaces, bad }
-    }
-}
-
-/// [`plain_line_byte`], plus the space and CR a request line also holds, as a table.
-static LINE_BYTE: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        t[b] = plain_line_byte(b as u8) || b == b' ' as usize || b == b'\r' as usize;
-        b += 1;
-    }
-    t
-};
-
-/// Bytes of a request line (besides its two spaces) that pingora takes as they are.
-const fn plain_line_byte(b: u8) -> bool {
-    b >= 0x21 && b < 0x7f && !matches!(b, b'#' | b'"' | b'<' | b'>')
 }
 
 /// A connection whose request heads must arrive within a deadline.
@@ -441,7 +381,7 @@ impl Peek for DeadlineStream {
 
 #[cfg(test)]
 mod scan_equivalence {
-    //! `scan` and `scan_line` against their byte-at-a-time definitions, on random heads cut at
+    //! `scan` against its byte-at-a-time definition, on random heads cut at
     //! random places.
     use super::*;
     use proptest::prelude::*;
@@ -465,35 +405,6 @@ mod scan_equivalence {
             tail = [tail[1], tail[2], b];
         }
         Phase::Head { tail, in_request }
-    }
-
-    /// The request-line check one byte at a time: the definition `scan_line` must match.
-    fn reference_line(mut state: RequestLine, bytes: &[u8]) -> RequestLine {
-        for &b in bytes {
-            state = match state {
-                RequestLine::Done { .. } => return state,
-                RequestLine::Before if b == b'\r' || b == b'\n' => RequestLine::Before,
-                RequestLine::Before => RequestLine::Reading {
-                    spaces: 0,
-                    bad: !plain_line_byte(b),
-                },
-                RequestLine::Reading { spaces, bad } => match b {
-                    b'\n' => RequestLine::Done {
-                        ok: !bad && spaces == 2,
-                    },
-                    b' ' => RequestLine::Reading {
-                        spaces: spaces.saturating_add(1),
-                        bad,
-                    },
-                    b'\r' => RequestLine::Reading { spaces, bad },
-                    _ => RequestLine::Reading {
-                        spaces,
-                        bad: bad || !plain_line_byte(b),
-                    },
-                },
-            };
-        }
-        state
     }
 
     /// Feeds `bytes`, cut at `cuts`, to a scanner and to its definition; the states must agree
@@ -520,17 +431,6 @@ mod scan_equivalence {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4096))]
-        #[test]
-        fn request_line_same_as_byte_at_a_time(
-            bytes in proptest::collection::vec(prop_oneof![
-                Just(b'\r'), Just(b'\n'), Just(b'a'), Just(b' '), Just(b'#'), Just(0u8),
-                Just(0x7f), Just(0xc3), Just(b'\t'), Just(b'/'), any::<u8>()
-            ], 0..300),
-            cuts in proptest::collection::vec(0usize..300, 0..6),
-        ) {
-            same_in_pieces(RequestLine::Before, &bytes, cuts, scan_line, reference_line)?;
-        }
-
         #[test]
         fn same_as_byte_at_a_time(
             bytes in proptest::collection::vec(prop_oneof![
@@ -569,52 +469,6 @@ mod tests {
                 ..
             }
         ));
-    }
-
-    fn line_after(chunks: &[&[u8]]) -> RequestLine {
-        chunks
-            .iter()
-            .fold(RequestLine::Before, |l, c| scan_line(l, c))
-    }
-
-    #[test]
-    fn request_lines_pingora_would_rewrite_are_seen() {
-        for ok in [
-            &b"GET /a?b=c HTTP/1.1\r\n"[..],
-            b"\r\n\r\nPOST /x HTTP/1.0\n",
-            b"GET /a|{}^`\\ HTTP/1.1\r\n",
-        ] {
-            assert_eq!(line_after(&[ok]), RequestLine::Done { ok: true }, "{ok:?}");
-            let bytes: Vec<&[u8]> = ok.chunks(1).collect();
-            assert_eq!(line_after(&bytes), RequestLine::Done { ok: true });
-        }
-        for bad in [
-            &b"GET /a#f HTTP/1.1\r\n"[..],
-            b"GET /a b HTTP/1.1\r\n",
-            b"GET /a  HTTP/1.1\r\n",
-            b"GET  /a HTTP/1.1\r\n",
-            b"GET /a\tHTTP/1.1\r\n",
-            b"GET /a\x00 HTTP/1.1\r\n",
-            b"GET /\xc3\xa9 HTTP/1.1\r\n",
-            b"GET /a\x7f HTTP/1.1\r\n",
-            b"GET /<a> HTTP/1.1\r\n",
-            b"GET /\"a HTTP/1.1\r\n",
-            b"GET /a HTTP/1.1 \r\n",
-            b"GET /a\n",
-        ] {
-            assert_eq!(
-                line_after(&[bad]),
-                RequestLine::Done { ok: false },
-                "{bad:?}"
-            );
-        }
-        assert_eq!(
-            line_after(&[b"GET /a HTTP/1.1"]),
-            RequestLine::Reading {
-                spaces: 2,
-                bad: false
-            }
-        );
     }
 
     #[test]

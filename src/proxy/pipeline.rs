@@ -8,12 +8,13 @@ use http::{HeaderMap, Method, Version};
 use crate::answer::{self, Answer, IntoAnswer};
 use crate::auth::ApiKeyIdentity;
 use crate::config::{Requirements, RouteConfig};
-use crate::guard::{self, HeaderLimits, Refusal};
+use crate::request_head::line::check_request_line;
+use crate::request_head::{self, HeaderLimits, Refusal};
 use crate::keys::KeyFormat;
 use crate::metrics::Rejection;
 use crate::permissions::PermissionSet;
 use crate::request_target::{
-    check_request_line, segment_equals, split_target, RequestTarget, Routed, Router, TargetError,
+    segment_equals, split_target, RequestTarget, Routed, Router, TargetError,
 };
 
 use super::answers::insufficient_permission;
@@ -112,7 +113,7 @@ impl Pipeline {
     /// sent, the target (once, canonical), no key in the URL, and the route.
     pub fn route<'a>(&self, head: &PlainHead<'a>) -> Result<Routing<'a>, Refused> {
         let raw_head = head.http1.map(|h| h.raw);
-        guard::check(head.version, head.headers, raw_head, self.header_limits)?;
+        request_head::check(head.version, head.headers, raw_head, self.header_limits)?;
         if let Some(h1) = head.http1 {
             if !h1.line_plain {
                 return Err(closing(TargetError::MalformedRequestLine));

@@ -366,34 +366,6 @@ fn validate_segment(seg: &[u8]) -> Result<(), TargetError> {
     Ok(())
 }
 
-/// Checks the request line as the client sent it (pingora's raw head, leading empty lines
-/// skipped) against what was parsed from it: pingora quietly drops a `#` fragment and takes
-/// some targets with spaces, so the gateway would decide on bytes the client did not send.
-/// Anything but `METHOD SP target SP HTTP/1.x` with exactly the parsed target is refused.
-pub fn check_request_line(
-    raw_head: &[u8],
-    method: &[u8],
-    target: &[u8],
-) -> Result<(), TargetError> {
-    let start = raw_head
-        .iter()
-        .position(|&b| b != b'\r' && b != b'\n')
-        .unwrap_or(raw_head.len());
-    let head = &raw_head[start..];
-    let end = memchr::memchr(b'\n', head).unwrap_or(head.len());
-    let line = head[..end].strip_suffix(b"\r").unwrap_or(&head[..end]);
-    let rest = line
-        .strip_prefix(method)
-        .and_then(|r| r.strip_prefix(b" "))
-        .and_then(|r| r.strip_prefix(target))
-        .ok_or(TargetError::MalformedRequestLine)?;
-    if rest == b" HTTP/1.1" || rest == b" HTTP/1.0" {
-        Ok(())
-    } else {
-        Err(TargetError::MalformedRequestLine)
-    }
-}
-
 /// Percent-decodes a validated segment once.
 pub fn decode_segment(seg: &[u8]) -> Vec<u8> {
     percent_encoding::percent_decode(seg).collect()
@@ -539,38 +511,6 @@ mod tests {
             b"/v0/inboxes/%EF%BD%81",
         ] {
             assert_eq!(validate_path(p), Ok(()), "{}", String::from_utf8_lossy(p));
-        }
-    }
-
-    #[test]
-    fn the_request_line_must_be_what_was_parsed() {
-        let ok: &[(&[u8], &[u8])] = &[
-            (b"GET /a?b=c HTTP/1.1\r\nHost: x\r\n\r\n", b"/a?b=c"),
-            (b"\r\n\r\nGET /a HTTP/1.1\r\n\r\n", b"/a"),
-            (b"GET /a HTTP/1.0\n\n", b"/a"),
-        ];
-        for (raw, target) in ok {
-            assert_eq!(check_request_line(raw, b"GET", target), Ok(()));
-        }
-        let bad: &[(&[u8], &[u8])] = &[
-            (b"GET /a#frag HTTP/1.1\r\n\r\n", b"/a"),
-            (b"GET /a b HTTP/1.1\r\n\r\n", b"/a"),
-            (b"GET /a b HTTP/1.1\r\n\r\n", b"/ab"),
-            (b"GET /a?x=b c HTTP/1.1\r\n\r\n", b"/a?x=b"),
-            (b"GET /a  HTTP/1.1\r\n\r\n", b"/a"),
-            (b"GET  /a HTTP/1.1\r\n\r\n", b"/a"),
-            (b"GET\t/a HTTP/1.1\r\n\r\n", b"/a"),
-            (b"GET /a HTTP/1.1 \r\n\r\n", b"/a"),
-            (b"GET /a HTTP/2.0\r\n\r\n", b"/a"),
-            (b"", b"/a"),
-        ];
-        for (raw, target) in bad {
-            assert_eq!(
-                check_request_line(raw, b"GET", target),
-                Err(TargetError::MalformedRequestLine),
-                "{}",
-                String::from_utf8_lossy(raw)
-            );
         }
     }
 

@@ -1,9 +1,13 @@
-//! Request framing and size checks, applied to every request before routing or authentication.
+//! The request head as received, checked before routing or authentication: framing, size,
+//! method overrides (here), and the request line as sent (`line`). The raw-head knowledge of
+//! the crate lives in this module only.
 //!
 //! Pingora accepts some framings that proxies in front of or behind us may read differently
 //! (pingora #945: Content-Length beside Transfer-Encoding; `Content-Length: +5`). An auth
 //! gateway must not be the hop that disagrees, so anything ambiguous is refused and the
 //! connection closed.
+
+pub mod line;
 
 use http::header::{self, HeaderMap};
 use http::Version;
