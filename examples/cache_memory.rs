@@ -20,7 +20,9 @@ use agentry_gateway::auth::Verifier;
 use agentry_gateway::config::CacheConfig;
 use agentry_gateway::keys::{KeyFormat, KeyHash};
 use agentry_gateway::metrics::Metrics;
-use agentry_gateway::store::{AuthRecord, Cursor, KeyRecord, KeyUpdate, NewKey, Store, StoreError};
+use agentry_gateway::store::{
+    AuthRecord, Cursor, KeyRecord, KeyUpdate, KeyVersion, NewKey, Store, StoreError,
+};
 
 /// Knows every key: derives a record from the hash, holds nothing in memory.
 struct Synthetic;
@@ -38,7 +40,7 @@ impl Store for Synthetic {
     ) -> Result<Vec<KeyRecord>, StoreError> {
         Ok(Vec::new())
     }
-    async fn delete_key(&self, _i: &str, _k: &str) -> Result<Option<KeyHash>, StoreError> {
+    async fn delete_key(&self, _i: &str, _k: &str) -> Result<Option<KeyVersion>, StoreError> {
         Ok(None)
     }
     async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<AuthRecord>, StoreError> {
@@ -50,6 +52,7 @@ impl Store for Synthetic {
             hash: *hash,
             permissions: None,
             expires_at_us: None,
+            version: 1,
         }))
     }
     async fn record_usage(&self, _m: &[(String, i64)]) -> Result<(), StoreError> {
@@ -60,7 +63,7 @@ impl Store for Synthetic {
         _i: &str,
         _k: &str,
         _u: KeyUpdate,
-    ) -> Result<Option<(KeyRecord, KeyHash)>, StoreError> {
+    ) -> Result<Option<(KeyRecord, KeyVersion)>, StoreError> {
         Ok(None)
     }
     async fn get_key(&self, _i: &str, _k: &str) -> Result<Option<KeyRecord>, StoreError> {

@@ -199,6 +199,11 @@ impl Cuttable {
     fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
     }
+
+    /// New connections are refused; those already made (a pool's) stay up.
+    fn refuse_new(&self) {
+        self.up.store(false, Ordering::SeqCst);
+    }
 }
 
 #[test]
@@ -430,4 +435,103 @@ require = { GET = "message_read", POST = "message_send" }
         );
         assert_eq!(gw.call("POST", &m, &key).status, 200);
     }
+}
+
+/// Issue #24, finding 2: B's listener is down (its connection terminated, new connections
+/// refused) while B's pool stays up; a key is narrowed by PATCH through A, and another deleted.
+/// Past `revocation_max_staleness_ms`, B asks the store on every use and takes its current
+/// identity (the version, the permissions), not only whether the row still exists.
+#[test]
+fn a_patch_elsewhere_is_honoured_within_the_staleness_bound_while_the_listener_is_down() {
+    let Some(db) = TestDb::create("cluster::a_patch_elsewhere_within_the_staleness_bound") else {
+        return;
+    };
+    let db = Arc::new(db);
+    let up = Upstream::start();
+    let routes = r#"
+[[routes]]
+path = "/v0/inboxes/{inbox_id}/messages"
+upstream = "inbox"
+require = { GET = "message_read", POST = "message_send" }
+"#;
+    let body = format!(
+        "{}\n{routes}\n{}",
+        standard_auth_toml(),
+        upstream_toml(&[up.addr], "")
+    );
+    let a = Gateway::start_on(StoreSpec::Postgres(db.clone(), String::new()), &body, "");
+    // B reaches the database only through a forwarder that can refuse new connections.
+    let proxy = Cuttable::start(server_addr());
+    let store = format!(
+        "[store]\nkind = \"postgres\"\nurl = \"{}\"\npool_size = 2\nconnect_timeout_ms = 500\nrevocation_max_staleness_ms = 1000\n",
+        db.url_via(proxy.addr)
+    );
+    let b = Gateway::start_on(StoreSpec::Raw(store, db.clone()), &body, "");
+    let m = format!("/v0/inboxes/{SUPPORT}/messages");
+    let narrowed = a.create_key(SUPPORT, "narrowed");
+    let nkey = narrowed["api_key"].as_str().unwrap().to_owned();
+    let nid = narrowed["api_key_id"].as_str().unwrap().to_owned();
+    let deleted = a.create_key(SUPPORT, "deleted");
+    let dkey = deleted["api_key"].as_str().unwrap().to_owned();
+    let did = deleted["api_key_id"].as_str().unwrap().to_owned();
+    // Cached on B (its pool's connections made on the way).
+    for k in [&nkey, &dkey] {
+        assert_eq!(b.call("POST", &m, k).status, 200);
+    }
+    wait_until("B's listener is up", Duration::from_secs(10), || {
+        b.metric("agentry_gateway_revocation_listener_up") == 1.0
+    });
+
+    proxy.refuse_new();
+    let down_at = Instant::now();
+    let killed: i64 = db.with(|c| {
+        c.query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE application_name = 'agentry-gateway-revocation-listener'
+               AND datname = current_database()",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    });
+    assert_eq!(killed, 2, "A's and B's listeners");
+    let r = a.mgmt(
+        "PATCH",
+        &format!("/human/v0/inboxes/{SUPPORT}/api-keys/{nid}"),
+        ADMIN_TOKEN,
+        Some(r#"{"permissions":{"message_read":true}}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(a.delete_key(SUPPORT, &did).status, 204);
+    assert_eq!(a.call("POST", &m, &nkey).status, 403, "A, at once");
+
+    // B: refused within the bound (plus a moment for the listener to notice the cut).
+    let bound = Duration::from_millis(1000 + 1000);
+    let mut c = KeepAlive::connect(b.addr);
+    let auth = format!("Bearer {nkey}");
+    loop {
+        let r = c.send("POST", &m, &[("Authorization", &auth)]);
+        if r.status == 403 {
+            assert_eq!(r.json()["code"], "insufficient_permission");
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(
+            down_at.elapsed() < bound,
+            "B still admits the removed permission {:?} after its listener went down\n{}",
+            down_at.elapsed(),
+            b.logs()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let refused_after = down_at.elapsed();
+    // Through the store's current identity, not a reconnected listener.
+    assert_eq!(b.metric("agentry_gateway_revocation_listener_up"), 0.0);
+    // What the change kept still works; the deleted key is refused.
+    assert_eq!(c.send("GET", &m, &[("Authorization", &auth)]).status, 200);
+    let r = b.call("GET", &m, &dkey);
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.json()["code"], "invalid_api_key");
+    assert!(refused_after < bound, "{refused_after:?}");
+    proxy.restore();
 }

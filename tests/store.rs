@@ -10,7 +10,9 @@ use std::time::Duration;
 use agentry_gateway::config::PostgresConfig;
 use agentry_gateway::store::postgres::PostgresStore;
 use agentry_gateway::store::sqlite::SqliteStore;
-use agentry_gateway::store::{Cursor, KeyRecord, KeyUpdate, NewKey, Store, StoreError};
+use agentry_gateway::store::{
+    Cursor, KeyRecord, KeyUpdate, KeyVersion, NewKey, Store, StoreError, TOMBSTONE,
+};
 use common::TestDb;
 
 fn key(id: &str, inbox: &str, at: i64, h: u8) -> NewKey {
@@ -87,7 +89,13 @@ fn create_list_delete_roundtrip() {
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].api_key_id, "k1");
         assert_eq!(s.delete_key("other", "k1").await.unwrap(), None);
-        assert_eq!(s.delete_key("i", "k1").await.unwrap(), Some([1; 32]));
+        assert_eq!(
+            s.delete_key("i", "k1").await.unwrap(),
+            Some(KeyVersion {
+                hash: [1; 32],
+                version: TOMBSTONE
+            })
+        );
         assert_eq!(s.delete_key("i", "k1").await.unwrap(), None);
         assert!(s.find_by_hash(&[1; 32]).await.unwrap().is_none());
         let found = s.find_by_hash(&[2; 32]).await.unwrap().unwrap();
@@ -273,21 +281,88 @@ fn a_delete_appends_to_the_revocation_log_in_its_transaction() {
     rt.block_on(async {
         s.create_key(key("k1", "i", 1, 9)).await.unwrap();
         assert_eq!(s.delete_key("other", "k1").await.unwrap(), None);
-        assert_eq!(s.delete_key("i", "k1").await.unwrap(), Some([9; 32]));
+        s.create_key(key("k2", "i", 2, 8)).await.unwrap();
+        let upd = KeyUpdate {
+            name: Some("n".into()),
+            permissions: None,
+            updated_at_us: 3,
+        };
+        let (_, changed) = s.update_key("i", "k2", upd).await.unwrap().unwrap();
+        assert_eq!(changed.version, 2);
+        assert_eq!(
+            s.delete_key("i", "k1").await.unwrap(),
+            Some(KeyVersion {
+                hash: [9; 32],
+                version: TOMBSTONE
+            })
+        );
     });
-    let rows: Vec<(i64, String, Vec<u8>)> = db.with(|c| {
+    let rows: Vec<(i64, String, Vec<u8>, i64)> = db.with(|c| {
         c.query(
-            "SELECT seq, kind, key_hash FROM key_events ORDER BY seq",
+            "SELECT seq, kind, key_hash, version FROM key_events ORDER BY seq",
             &[],
         )
         .unwrap()
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect()
     });
-    assert_eq!(rows.len(), 1, "a delete of nothing logs nothing");
-    assert_eq!(rows[0].1, "delete");
-    assert_eq!(rows[0].2, vec![9u8; 32]);
+    assert_eq!(rows.len(), 2, "a delete of nothing logs nothing");
+    assert_eq!((rows[0].1.as_str(), rows[0].3), ("update", 2));
+    assert_eq!(rows[0].2, vec![8u8; 32]);
+    assert_eq!((rows[1].1.as_str(), rows[1].3), ("delete", TOMBSTONE));
+    assert_eq!(rows[1].2, vec![9u8; 32]);
+}
+
+/// A database of the schema before versions (with a key and a logged delete) gains them: the
+/// key at version 1, the old log entry at 0 (unknown), and changes count on from there.
+#[test]
+fn postgres_migrations_carry_existing_keys_to_versions() {
+    let Some(db) = TestDb::create("store::postgres_migrations_carry_existing_keys_to_versions")
+    else {
+        return;
+    };
+    db.with(|c| {
+        c.batch_execute(
+            "CREATE TABLE agentry_schema (version INT NOT NULL);
+             CREATE TABLE agentry_migrations (version INT PRIMARY KEY,
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now());
+             INSERT INTO agentry_schema VALUES (2);
+             INSERT INTO agentry_migrations (version) VALUES (1), (2);
+             CREATE TABLE api_keys (api_key_id TEXT PRIMARY KEY, inbox_id TEXT NOT NULL,
+                 pod_id TEXT, name TEXT NOT NULL, prefix TEXT NOT NULL,
+                 key_hash BYTEA NOT NULL UNIQUE, created_at_us BIGINT NOT NULL,
+                 used_at_us BIGINT, permissions TEXT, expires_at_us BIGINT,
+                 updated_at_us BIGINT NOT NULL, created_by TEXT);
+             CREATE TABLE gateway_secrets (name TEXT PRIMARY KEY, value BYTEA NOT NULL);
+             CREATE TABLE key_events (seq BIGSERIAL PRIMARY KEY, key_hash BYTEA NOT NULL,
+                 kind TEXT NOT NULL, at_us BIGINT NOT NULL);
+             INSERT INTO api_keys VALUES ('k1', 'i', NULL, 'old', 'agk_x',
+                 decode(repeat('01', 32), 'hex'), 77, NULL, NULL, NULL, 77, NULL);
+             INSERT INTO key_events (key_hash, kind, at_us)
+                 VALUES (decode(repeat('02', 32), 'hex'), 'delete', 5);",
+        )
+        .unwrap()
+    });
+    let rt = runtime();
+    let s = rt.block_on(PostgresStore::open(&pg_config(&db))).unwrap();
+    rt.block_on(async {
+        assert_eq!(s.find_by_hash(&[1; 32]).await.unwrap().unwrap().version, 1);
+        let upd = KeyUpdate {
+            name: None,
+            permissions: Some(r#"{"message_read":true}"#.into()),
+            updated_at_us: 80,
+        };
+        let (_, changed) = s.update_key("i", "k1", upd).await.unwrap().unwrap();
+        assert_eq!(changed.version, 2);
+        assert_eq!(s.find_by_hash(&[1; 32]).await.unwrap().unwrap().version, 2);
+    });
+    let old: i64 = db.with(|c| {
+        c.query_one("SELECT version FROM key_events WHERE seq = 1", &[])
+            .unwrap()
+            .get(0)
+    });
+    assert_eq!(old, 0);
 }
 
 #[test]
@@ -315,6 +390,14 @@ fn migrations_carry_existing_sqlite_keys_forward() {
     assert_eq!(k.updated_at_us, 77);
     let a = rt.block_on(s.find_by_hash(&[1; 32])).unwrap().unwrap();
     assert_eq!((a.permissions, a.expires_at_us), (None, None));
+    assert_eq!(a.version, 1, "an existing key starts at version 1");
+    let upd = KeyUpdate {
+        name: Some("new".into()),
+        permissions: None,
+        updated_at_us: 80,
+    };
+    let (_, changed) = rt.block_on(s.update_key("i", "k1", upd)).unwrap().unwrap();
+    assert_eq!(changed.version, 2);
 }
 
 #[test]
@@ -328,6 +411,7 @@ fn updates_change_only_what_they_name() {
                 permissions: perms.map(Into::into),
                 updated_at_us: at,
             };
+            assert_eq!(s.find_by_hash(&[1; 32]).await.unwrap().unwrap().version, 1);
             let (r, h) = s
                 .update_key("i", "k1", upd(Some("new"), None, 20))
                 .await
@@ -337,14 +421,22 @@ fn updates_change_only_what_they_name() {
                 (r.name.as_str(), r.permissions.as_deref(), r.updated_at_us),
                 ("new", None, 20)
             );
-            assert_eq!(h, [1; 32]);
-            let (r, _) = s
+            // Every change is a new version of the key, renames too.
+            assert_eq!(
+                h,
+                KeyVersion {
+                    hash: [1; 32],
+                    version: 2
+                }
+            );
+            let (r, h) = s
                 .update_key("i", "k1", upd(None, Some(r#"{"message_read":true}"#), 30))
                 .await
                 .unwrap()
                 .unwrap();
             assert_eq!(r.name, "new");
             assert_eq!(r.permissions.as_deref(), Some(r#"{"message_read":true}"#));
+            assert_eq!(h.version, 3);
             assert!(s
                 .update_key("other", "k1", upd(Some("x"), None, 40))
                 .await
@@ -354,6 +446,7 @@ fn updates_change_only_what_they_name() {
             assert!(s.get_key("other", "k1").await.unwrap().is_none());
             let a = s.find_by_hash(&[1; 32]).await.unwrap().unwrap();
             assert_eq!(a.permissions.as_deref(), Some(r#"{"message_read":true}"#));
+            assert_eq!(a.version, 3);
         },
     );
 }

@@ -24,7 +24,7 @@ use crate::keys::{random_id, KeyFormat};
 use crate::metrics::ManagementRoute;
 use crate::permissions::{PermissionSet, Permissions, Vocabulary};
 use crate::store::cursor::PageTokenKey;
-use crate::store::{cursor, Cursor, KeyChange, KeyEvents, KeyRecord, KeyUpdate, NewKey, Store};
+use crate::store::{cursor, Cursor, KeyEvents, KeyRecord, KeyUpdate, NewKey, Store};
 use body::{read_key_body, BodyKind, BodyRules, KeyFields};
 pub use body::{BodySource, BytesBody};
 use errors::{ApiError, NotFound};
@@ -106,6 +106,27 @@ fn within_creator(
         message: format!(
             "permissions may not exceed the creating key's own; it does not hold {}",
             vocabulary.names_of(extra).join(", ")
+        ),
+    })
+}
+
+/// A PATCH's `permissions` replace the target's whole set: a key may set them only on a key
+/// that expires no later than itself, so no permission it holds outlives it.
+fn outlived_by(parent: &ApiKeyIdentity, target: &KeyRecord) -> Result<(), ApiError> {
+    if parent.expires_at_us == i64::MAX {
+        return Ok(());
+    }
+    let target_end = match target.expires_at_us {
+        Some(t) if t <= parent.expires_at_us => return Ok(()),
+        Some(t) => format!("expires at {}", crate::clock::rfc3339(t)),
+        None => "never expires".to_owned(),
+    };
+    Err(ApiError::ExceedsCreator {
+        field: "expires_at",
+        message: format!(
+            "permissions may be set only on a key that expires no later than the granting key ({}); {} {target_end}",
+            crate::clock::rfc3339(parent.expires_at_us),
+            target.api_key_id
         ),
     })
 }
@@ -255,6 +276,7 @@ impl Management {
                         )
                     }
                 };
+                self.bound_lifetime(&mut fields);
                 let body = self.create(inbox_id, pod_id, fields, created_by).await?;
                 Ok(Answer::json(201, body))
             }
@@ -266,6 +288,11 @@ impl Management {
                     read_key_body(&req.headers, body, BodyKind::Update, self.rules()).await?;
                 if let (Actor::Key(parent), Some(p)) = (&actor, &fields.permissions) {
                     within_creator(&self.vocabulary, parent, p)?;
+                    // Expiry is immutable: read before the update, it cannot change under it.
+                    match self.store.get_key(&inbox_id, &api_key_id).await? {
+                        Some(target) => outlived_by(parent, &target)?,
+                        None => return Err(ApiError::NotFound(NotFound::ApiKey)),
+                    }
                 }
                 let body = self.update(&inbox_id, &api_key_id, fields).await?;
                 Ok(Answer::json(200, body))
@@ -309,6 +336,16 @@ impl Management {
             next_page_token,
         };
         serde_json::to_vec(&resp).map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    /// `keys.max_lifetime_days` is a maximum: a key created without `expires_at` (or
+    /// inheriting a later one from its creating key) expires that long from now.
+    fn bound_lifetime(&self, fields: &mut KeyFields) {
+        if let Some(max) = self.max_lifetime {
+            let max_us = i64::try_from(max.as_micros()).unwrap_or(i64::MAX);
+            let bound = crate::clock::now_us().saturating_add(max_us);
+            fields.expires_at_us = Some(fields.expires_at_us.map_or(bound, |t| t.min(bound)));
+        }
     }
 
     /// What request bodies are checked against, now.
@@ -364,13 +401,16 @@ impl Management {
             permissions: fields.permissions.as_ref().map(Permissions::to_json),
             updated_at_us: self.clock.next_us(),
         };
-        let Some((mut record, hash)) = self.store.update_key(inbox_id, api_key_id, update).await?
+        let Some((mut record, changed)) =
+            self.store.update_key(inbox_id, api_key_id, update).await?
         else {
             return Err(ApiError::NotFound(NotFound::ApiKey));
         };
-        // This instance's cached identity follows before the 200 (others through the store's
-        // change log).
-        self.verifier.key_changed(&hash, KeyChange::Updated).await;
+        // This instance refuses every older copy before the 200 (others learn the version
+        // through the store's change log).
+        self.verifier
+            .key_changed(&changed.hash, changed.version)
+            .await;
         let mut one = [record];
         self.usage.overlay(&mut one);
         [record] = one;
@@ -379,9 +419,11 @@ impl Management {
 
     async fn delete(&self, inbox_id: &str, api_key_id: &str) -> Result<(), ApiError> {
         match self.store.delete_key(inbox_id, api_key_id).await? {
-            Some(hash) => {
-                // Evicted before the 204 leaves: the next request with this key is refused.
-                self.verifier.revoke(&hash).await;
+            Some(changed) => {
+                // A tombstone before the 204 leaves: the next request with this key is refused.
+                self.verifier
+                    .key_changed(&changed.hash, changed.version)
+                    .await;
                 Ok(())
             }
             None => Err(ApiError::NotFound(NotFound::ApiKey)),

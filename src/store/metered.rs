@@ -49,7 +49,7 @@ impl Store for MeteredStore {
         &self,
         inbox_id: &str,
         api_key_id: &str,
-    ) -> Result<Option<KeyHash>, StoreError> {
+    ) -> Result<Option<super::KeyVersion>, StoreError> {
         let r = self.inner.delete_key(inbox_id, api_key_id).await;
         self.count(StoreOp::Delete, r)
     }
@@ -59,7 +59,7 @@ impl Store for MeteredStore {
         inbox_id: &str,
         api_key_id: &str,
         update: super::KeyUpdate,
-    ) -> Result<Option<(KeyRecord, KeyHash)>, StoreError> {
+    ) -> Result<Option<(KeyRecord, super::KeyVersion)>, StoreError> {
         let r = self.inner.update_key(inbox_id, api_key_id, update).await;
         self.count(StoreOp::Update, r)
     }

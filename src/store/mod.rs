@@ -1,8 +1,11 @@
 //! The `Store` abstraction over key storage, shared by the management API and the verifier.
 //!
-//! Backends: `sqlite` (embedded default). A PostgreSQL backend slots in behind the same trait;
-//! on one instance a delete evicts the key from this instance's caches directly (see
-//! `Verifier::revoke`), and a shared store will add a way to tell every instance.
+//! Backends: `sqlite` (embedded default) and `postgres` (several gateways on one database).
+//!
+//! Every key row carries a version, bumped in the same transaction by every change (rename,
+//! permissions, delete). A change is one event to every cache: the key's new version (a delete's
+//! is `TOMBSTONE`). The instance that made the change applies it before its 2xx; a shared
+//! store's change log carries it to every other instance.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -65,6 +68,23 @@ pub struct AuthRecord {
     pub hash: KeyHash,
     pub permissions: Option<String>,
     pub expires_at_us: Option<i64>,
+    /// The row's version when it was read (1 when created, +1 on every change).
+    pub version: i64,
+}
+
+/// The version a deleted key has: newer than any it had while it existed.
+pub const TOMBSTONE: i64 = i64::MAX;
+
+/// A change notice whose version is not known (a notification from a gateway that predates
+/// versions): cached copies are dropped, nothing is learned.
+pub const UNKNOWN_VERSION: i64 = 0;
+
+/// A committed change to a key: its hash (for the caches) and the version it now has
+/// (`TOMBSTONE` once deleted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyVersion {
+    pub hash: KeyHash,
+    pub version: i64,
 }
 
 /// A keyset position in the `(created_at desc, api_key_id desc)` order: list what comes after it.
@@ -92,20 +112,14 @@ pub struct PoolStatus {
     pub waiting: usize,
 }
 
-/// What changed about a key, as told by the shared revocation log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyChange {
-    /// Deleted: it must never authenticate again.
-    Deleted,
-    /// Renamed or re-permissioned: cached copies must be dropped and read again.
-    Updated,
-}
-
 /// Whoever keeps copies of keys (the verifier's caches) and must follow changes made through
 /// any instance.
 #[async_trait]
 pub trait KeyEvents: Send + Sync + 'static {
-    async fn key_changed(&self, hash: &KeyHash, change: KeyChange);
+    /// The key of `hash` has `version` now (`TOMBSTONE`: deleted; `UNKNOWN_VERSION`: changed,
+    /// to an unknown version). When this returns, no copy older than `version` is cached, and
+    /// none will be.
+    async fn key_changed(&self, hash: &KeyHash, version: i64);
     /// Changes may have been missed (the log was pruned past what this instance applied):
     /// drop every cached key.
     async fn forget_all(&self);
@@ -184,22 +198,23 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<KeyRecord>, StoreError>;
 
-    /// Deletes a key of an inbox; returns its hash (for cache eviction), or `None` if no such key.
+    /// Deletes a key of an inbox; returns its hash and `TOMBSTONE` (for the caches), or `None`
+    /// if no such key. A shared store tells every instance (its change log).
     async fn delete_key(
         &self,
         inbox_id: &str,
         api_key_id: &str,
-    ) -> Result<Option<KeyHash>, StoreError>;
+    ) -> Result<Option<KeyVersion>, StoreError>;
 
-    /// Changes a key's name and/or permissions; returns the whole record and its hash (for
-    /// cache eviction), or `None` if the inbox has no such key. A shared store tells every
-    /// instance (the same log as deletes).
+    /// Changes a key's name and/or permissions and bumps its version; returns the whole record
+    /// and its hash and new version (for the caches), or `None` if the inbox has no such key.
+    /// A shared store tells every instance (the same log as deletes).
     async fn update_key(
         &self,
         inbox_id: &str,
         api_key_id: &str,
         update: KeyUpdate,
-    ) -> Result<Option<(KeyRecord, KeyHash)>, StoreError>;
+    ) -> Result<Option<(KeyRecord, KeyVersion)>, StoreError>;
 
     /// One key of an inbox.
     async fn get_key(

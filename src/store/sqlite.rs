@@ -12,7 +12,9 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use super::{AuthRecord, Cursor, KeyRecord, KeyUpdate, NewKey, Store, StoreError};
+use super::{
+    AuthRecord, Cursor, KeyRecord, KeyUpdate, KeyVersion, NewKey, Store, StoreError, TOMBSTONE,
+};
 use crate::keys::KeyHash;
 
 const READERS: usize = 4;
@@ -48,6 +50,10 @@ ALTER TABLE api_keys ADD COLUMN expires_at_us INTEGER;
 ALTER TABLE api_keys ADD COLUMN updated_at_us INTEGER;
 ALTER TABLE api_keys ADD COLUMN created_by TEXT;
 UPDATE api_keys SET updated_at_us = created_at_us;
+"#,
+    // Every change bumps a key's version (caches refuse copies older than one they know of).
+    r#"
+ALTER TABLE api_keys ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
 "#,
 ];
 
@@ -347,7 +353,7 @@ impl Store for SqliteStore {
         &self,
         inbox_id: &str,
         api_key_id: &str,
-    ) -> Result<Option<KeyHash>, StoreError> {
+    ) -> Result<Option<KeyVersion>, StoreError> {
         let inbox_id = inbox_id.to_owned();
         let api_key_id = api_key_id.to_owned();
         self.run(move |db| {
@@ -360,7 +366,12 @@ impl Store for SqliteStore {
                 )
                 .optional()
                 .map_err(unavailable)?;
-            Ok(hash.and_then(|h| h.try_into().ok()))
+            Ok(hash
+                .and_then(|h| h.try_into().ok())
+                .map(|hash| KeyVersion {
+                    hash,
+                    version: TOMBSTONE,
+                }))
         })
         .await
     }
@@ -370,7 +381,7 @@ impl Store for SqliteStore {
         inbox_id: &str,
         api_key_id: &str,
         update: KeyUpdate,
-    ) -> Result<Option<(KeyRecord, KeyHash)>, StoreError> {
+    ) -> Result<Option<(KeyRecord, KeyVersion)>, StoreError> {
         let inbox_id = inbox_id.to_owned();
         let api_key_id = api_key_id.to_owned();
         self.run(move |db| {
@@ -379,7 +390,8 @@ impl Store for SqliteStore {
             let changed = tx
                 .execute(
                     "UPDATE api_keys SET name = COALESCE(?3, name),
-                         permissions = COALESCE(?4, permissions), updated_at_us = ?5
+                         permissions = COALESCE(?4, permissions), updated_at_us = ?5,
+                         version = version + 1
                      WHERE api_key_id = ?1 AND inbox_id = ?2",
                     params![
                         api_key_id,
@@ -393,20 +405,27 @@ impl Store for SqliteStore {
             if changed == 0 {
                 return Ok(None);
             }
-            let (record, hash) = tx
+            let (record, hash, version) = tx
                 .query_row(
                     &format!(
-                        "SELECT {RECORD_COLUMNS}, key_hash FROM api_keys WHERE api_key_id = ?1"
+                        "SELECT {RECORD_COLUMNS}, key_hash, version FROM api_keys
+                         WHERE api_key_id = ?1"
                     ),
                     params![api_key_id],
-                    |r| Ok((row_to_record(r)?, r.get::<_, Vec<u8>>(11)?)),
+                    |r| {
+                        Ok((
+                            row_to_record(r)?,
+                            r.get::<_, Vec<u8>>(11)?,
+                            r.get::<_, i64>(12)?,
+                        ))
+                    },
                 )
                 .map_err(unavailable)?;
             tx.commit().map_err(unavailable)?;
             let hash: KeyHash = hash
                 .try_into()
                 .map_err(|_| unavailable("stored key hash is not 32 bytes"))?;
-            Ok(Some((record, hash)))
+            Ok(Some((record, KeyVersion { hash, version })))
         })
         .await
     }
@@ -439,7 +458,8 @@ impl Store for SqliteStore {
             let conn = db.reader();
             let mut st = conn
                 .prepare_cached(
-                    "SELECT api_key_id, inbox_id, pod_id, key_hash, permissions, expires_at_us
+                    "SELECT api_key_id, inbox_id, pod_id, key_hash, permissions, expires_at_us,
+                            version
                      FROM api_keys WHERE key_hash = ?1",
                 )
                 .map_err(unavailable)?;
@@ -452,6 +472,7 @@ impl Store for SqliteStore {
                     hash: stored.try_into().unwrap_or([0u8; 32]),
                     permissions: r.get(4)?,
                     expires_at_us: r.get(5)?,
+                    version: r.get(6)?,
                 })
             })
             .optional()

@@ -8,6 +8,12 @@
 //! short-lived negative cache. Store failures are never cached, so cached keys keep working through a store outage
 //! and uncached ones are retried once it recovers. Only a miss takes a limiter reservation:
 //! a cached key is never refused by the limiter.
+//!
+//! A change to a key (update, delete) is one event: the key's new version (`TOMBSTONE` for a
+//! delete), from this instance's management API before its 2xx or from a shared store's change
+//! log. Once `key_changed` returns, no copy older than that version is cached, and none is
+//! cached later: a lookup that read the row before the change is refused on insert, or waited
+//! for and dropped if it was already past that check. A hit costs nothing more for it.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -23,7 +29,7 @@ use crate::config::CacheConfig;
 use crate::keys::{hash_secret, hashes_equal, KeyFormat, KeyFormatError, KeyHash};
 use crate::metrics::{Metrics, Rejection};
 use crate::permissions::{PermissionSet, Permissions, Vocabulary};
-use crate::store::{AuthRecord, FeedHealth, KeyChange, KeyEvents, Store};
+use crate::store::{AuthRecord, FeedHealth, KeyEvents, Store, TOMBSTONE, UNKNOWN_VERSION};
 
 /// The caches' hasher: aHash with per-process random keys (resistant to chosen collisions, as
 /// the standard SipHash is) at a fraction of SipHash's cost per lookup; the keys are SHA-256
@@ -32,9 +38,17 @@ type Hasher = ahash::RandomState;
 
 mod inboxes;
 mod key_id;
+mod stamp;
 pub use inboxes::InboxHeaders;
 use inboxes::Inboxes;
 pub use key_id::KeyId;
+use stamp::Stamp;
+
+/// How often a lookup refused as older than a known change (or joined by one) is tried again,
+/// coalesced with others and cached, then alone and uncached, before the request is answered
+/// as a store failure.
+const COALESCED_ATTEMPTS: usize = 8;
+const ALONE_ATTEMPTS: usize = 4;
 
 /// The client's address, for the failed-authentication limit: a value, or a function asked
 /// only when a failure or a store lookup needs it (a cache hit never does).
@@ -66,9 +80,9 @@ pub struct ApiKeyIdentity {
     pub permissions: PermissionSet,
     /// When the key stops authenticating (µs since the epoch); `i64::MAX`: never.
     pub expires_at_us: i64,
-    /// When this identity was read from the store (coarse clock, µs since the epoch): the
-    /// cache's time-to-live runs from here.
-    pub loaded_at_us: i64,
+    /// When this identity was read from the store (the cache's time-to-live runs from there)
+    /// and the version of its key's row it was read at.
+    pub(crate) stamp: Stamp,
     /// This instance's `used_at` mark and whether it awaits a flush (one atomic word).
     pub(crate) usage: UsageMark,
 }
@@ -90,7 +104,7 @@ impl ApiKeyIdentity {
             api_key_id: KeyId::new(&r.api_key_id)?,
             inbox: inboxes.get(&r.inbox_id, r.pod_id.as_deref())?,
             hash: r.hash,
-            loaded_at_us: coarse_now_us(),
+            stamp: Stamp::new(coarse_now_us(), r.version),
             usage: UsageMark::default(),
         })
     }
@@ -98,6 +112,11 @@ impl ApiKeyIdentity {
     /// The key id as text (ids are ASCII by construction).
     pub fn api_key_id_str(&self) -> &str {
         self.api_key_id.as_str()
+    }
+
+    /// The version of the key's row this identity was read at.
+    pub fn version(&self) -> i64 {
+        self.stamp.version()
     }
 }
 
@@ -186,6 +205,10 @@ enum Cached {
 enum Lookup {
     NotFound,
     Store,
+    /// The row read is older than a change this instance knows of: not cached, read again.
+    Stale,
+    /// A change is waiting for this slot's lookups to finish: nothing read, read again.
+    Changing,
 }
 
 /// Where a key hash sits in the positive cache: its first 8 bytes. moka keeps each cache key
@@ -209,9 +232,9 @@ pub struct Verifier {
     /// How long a cached identity is trusted after it was read from the store.
     ttl_us: i64,
     negative: Cache<KeyHash, (), Hasher>,
-    /// Hashes deleted recently: closes the race where a lookup that started before a delete
-    /// committed would put the deleted key back into the positive cache.
-    revoked: Cache<KeyHash, (), Hasher>,
+    /// The latest version of each recently changed key (`TOMBSTONE`: deleted): a lookup that
+    /// read an older row is never cached. One mechanism for every kind of change.
+    known: Cache<KeyHash, i64, Hasher>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     limiter: Arc<FailureLimiter>,
@@ -234,7 +257,7 @@ impl Verifier {
         Verifier {
             format,
             // No moka time-to-live here: it costs 32 bytes per entry. The TTL is checked on use
-            // instead (`check_cached`), against the identity's `loaded_at_us`.
+            // instead (`check_cached`), against the identity's load time.
             positive: Cache::builder()
                 .max_capacity(cache.max_entries)
                 .build_with_hasher(Hasher::new()),
@@ -244,7 +267,7 @@ impl Verifier {
                 .max_capacity(cache.negative_max_entries)
                 .time_to_live(cache.negative_ttl)
                 .build_with_hasher(Hasher::new()),
-            revoked: Cache::builder()
+            known: Cache::builder()
                 .max_capacity(cache.negative_max_entries)
                 .time_to_live(cache.ttl * 2)
                 .build_with_hasher(Hasher::new()),
@@ -339,10 +362,16 @@ impl Verifier {
         }
     }
 
-    /// A cached key while the change feed is stale: it holds only if the store still has it.
+    /// A cached key while the change feed is stale: it holds only if the store still has it
+    /// at the same version; otherwise the store's current identity (permissions, expiry) is
+    /// learned, cached and used.
     async fn reconfirm(&self, id: Arc<ApiKeyIdentity>) -> Result<Arc<ApiKeyIdentity>, AuthFailure> {
         match self.store.find_by_hash(&id.hash).await {
-            Ok(Some(_)) => Ok(id),
+            Ok(Some(rec)) if id.stamp.is_version(rec.version) => Ok(id),
+            Ok(Some(rec)) => {
+                self.apply_change(&id.hash, rec.version).await;
+                self.load(id.hash).await
+            }
             Ok(None) => {
                 self.revoke(&id.hash).await;
                 Err(AuthFailure::Unknown)
@@ -371,7 +400,7 @@ impl Verifier {
             // The final, constant-time comparison of the stored hash with the presented key's.
             // Unequal: another key holds the slot, and this one is a miss.
             if hashes_equal(&id.hash, &hash) {
-                if coarse_now_us().saturating_sub(id.loaded_at_us) < self.ttl_us {
+                if coarse_now_us().saturating_sub(id.stamp.loaded_at_us()) < self.ttl_us {
                     self.metrics.auth_cache_hits.inc();
                     return Ok(Cached::Hit(id));
                 }
@@ -388,32 +417,50 @@ impl Verifier {
     }
 
     /// Looks a key hash up in the store (coalesced with concurrent lookups of the same slot).
+    /// A lookup refused as older than a change learned meanwhile, or joined by a change, is
+    /// tried again; while changes keep coming faster than lookups finish, the last attempts
+    /// read alone (not coalesced, not cached).
     async fn load(&self, hash: KeyHash) -> Result<Arc<ApiKeyIdentity>, AuthFailure> {
         let slot = (self.slot)(&hash);
-        let loaded = self
-            .positive
-            .try_get_with(slot, self.lookup(hash))
-            .await
-            .map_err(|e| *e);
-        match loaded {
-            Ok(id) if hashes_equal(&id.hash, &hash) => {
-                if self.revoked.contains_key(&hash) {
-                    self.positive.invalidate(&slot).await;
-                    return Err(AuthFailure::Unknown);
-                }
-                Ok(id)
+        for attempt in 0..COALESCED_ATTEMPTS + ALONE_ATTEMPTS {
+            let loaded = if attempt < COALESCED_ATTEMPTS {
+                self.positive
+                    .try_get_with(slot, self.lookup(hash))
+                    .await
+                    .map_err(|e| *e)
+            } else {
+                self.lookup(hash).await
+            };
+            let loaded = match loaded {
+                // A copy read before a change this instance has learned since (a lookup that
+                // this one joined): read again.
+                Ok(id) if hashes_equal(&id.hash, &hash) && self.outdated(&id).await => continue,
+                Ok(id) if hashes_equal(&id.hash, &hash) => return Ok(id),
+                // The slot holds another key (or a concurrent lookup of one filled it): this
+                // key is read from the store and not cached.
+                Ok(_) => self.lookup(hash).await,
+                Err(e) => Err(e),
+            };
+            match loaded {
+                Ok(id) => return Ok(id),
+                Err(Lookup::Stale | Lookup::Changing) => continue,
+                Err(e) => return self.not_loaded(hash, e).await,
             }
-            // The slot holds another key (or a concurrent lookup of one filled it): this key
-            // is read from the store and not cached.
-            Ok(_) => match self.lookup(hash).await {
-                Ok(id) => Ok(id),
-                Err(e) => self.not_loaded(hash, e).await,
-            },
-            Err(e) => self.not_loaded(hash, e).await,
         }
+        log::warn!("a key lookup kept being overtaken by changes to the key; answering 503");
+        Err(AuthFailure::StoreUnavailable)
     }
 
-    /// The store's answer for one hash, as a cacheable identity.
+    /// Whether `id` is older than a change this instance knows of.
+    async fn outdated(&self, id: &ApiKeyIdentity) -> bool {
+        self.known
+            .get(&id.hash)
+            .await
+            .is_some_and(|v| id.version() < v.min(stamp::MAX_HELD_VERSION))
+    }
+
+    /// The store's answer for one hash, as a cacheable identity: never one older than a
+    /// change this instance knows of.
     fn lookup(
         &self,
         hash: KeyHash,
@@ -422,8 +469,12 @@ impl Verifier {
         let store = self.store.clone();
         let vocabulary = self.vocabulary.clone();
         let inboxes = self.inboxes.clone();
+        let known = self.known.clone();
         async move {
             match store.find_by_hash(&hash).await {
+                Ok(Some(rec)) if known.get(&hash).await.is_some_and(|v| rec.version < v) => {
+                    Err(Lookup::Stale)
+                }
                 Ok(Some(rec)) => match ApiKeyIdentity::from_record(rec, &vocabulary, &inboxes) {
                     Some(id) => Ok(Arc::new(id)),
                     None => {
@@ -448,14 +499,38 @@ impl Verifier {
                 self.negative.insert(hash, ()).await;
                 Err(AuthFailure::Unknown)
             }
-            Lookup::Store => Err(AuthFailure::StoreUnavailable),
+            Lookup::Store | Lookup::Stale | Lookup::Changing => Err(AuthFailure::StoreUnavailable),
         }
     }
 
     /// Forgets a deleted key on this instance: it will never authenticate here again.
     pub async fn revoke(&self, hash: &KeyHash) {
-        self.revoked.insert(*hash, ()).await;
-        self.positive.invalidate(&(self.slot)(hash)).await;
+        self.key_changed(hash, TOMBSTONE).await;
+    }
+
+    /// Learns that the key of `hash` is at `version` now, and drops every older copy: after
+    /// this returns, none is cached and none will be.
+    async fn apply_change(&self, hash: &KeyHash, version: i64) {
+        if version > UNKNOWN_VERSION {
+            self.known
+                .entry(*hash)
+                .and_upsert_with(|old| {
+                    let newest = old.map_or(version, |e| (*e.value()).max(version));
+                    std::future::ready(newest)
+                })
+                .await;
+        }
+        let slot = (self.slot)(hash);
+        self.positive.invalidate(&slot).await;
+        // A lookup of this slot may be in flight that read the row before the change and
+        // passed the version check before the version above was learned: it caches its copy
+        // before its waiters are released. Join it (or, with none in flight, stand in its
+        // place for a moment), then drop whatever it cached.
+        let _ = self
+            .positive
+            .try_get_with(slot, std::future::ready(Err(Lookup::Changing)))
+            .await;
+        self.positive.invalidate(&slot).await;
     }
 
     /// A new key exists: drop any stale "unknown" entry for its hash.
@@ -477,11 +552,8 @@ impl Verifier {
 
 #[async_trait::async_trait]
 impl KeyEvents for Verifier {
-    async fn key_changed(&self, hash: &KeyHash, change: KeyChange) {
-        match change {
-            KeyChange::Deleted => self.revoke(hash).await,
-            KeyChange::Updated => self.positive.invalidate(&(self.slot)(hash)).await,
-        }
+    async fn key_changed(&self, hash: &KeyHash, version: i64) {
+        self.apply_change(hash, version).await;
     }
 
     async fn forget_all(&self) {

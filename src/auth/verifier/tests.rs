@@ -366,3 +366,213 @@ mod pipeline {
         assert_eq!(store.lookups.load(Ordering::SeqCst), 5);
     }
 }
+
+/// A change is one event: once `key_changed` returns, no copy of the key older than the
+/// change is cached or served, whatever lookups were in flight when it committed.
+mod changes {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use super::super::*;
+    use crate::store::memory::MemoryStore;
+    use crate::store::KeyUpdate;
+
+    const WIDE: &str = r#"{"message_read":true,"message_send":true}"#;
+    const NARROW: &str = r#"{"message_read":true}"#;
+
+    fn verifier(store: Arc<MemoryStore>) -> Arc<Verifier> {
+        let cache = CacheConfig {
+            max_entries: 1000,
+            ttl: Duration::from_secs(60),
+            negative_max_entries: 1000,
+            negative_ttl: Duration::from_secs(60),
+        };
+        Arc::new(Verifier::new(
+            KeyFormat::new("agk"),
+            &cache,
+            store,
+            Arc::new(Metrics::new(&[], &[])),
+            Arc::new(FailureLimiter::disabled()),
+        ))
+    }
+
+    async fn setup() -> (Arc<MemoryStore>, Arc<Verifier>, String, KeyHash) {
+        let store = Arc::new(MemoryStore::default());
+        let m = KeyFormat::new("agk").generate();
+        store.add_key("key_1", "i@x", m.hash);
+        set_permissions(&store, WIDE).await;
+        (store.clone(), verifier(store), m.plaintext, m.hash)
+    }
+
+    /// Changes the key's permissions in the store; returns its new version.
+    async fn set_permissions(store: &MemoryStore, perms: &str) -> i64 {
+        let update = KeyUpdate {
+            name: None,
+            permissions: Some(perms.into()),
+            updated_at_us: 1,
+        };
+        let (_, changed) = store
+            .update_key("i@x", "key_1", update)
+            .await
+            .unwrap()
+            .unwrap();
+        changed.version
+    }
+
+    fn can_send(id: &ApiKeyIdentity) -> bool {
+        let send = Vocabulary::default().lookup("message_send").unwrap();
+        id.permissions.contains(send)
+    }
+
+    /// Holds every lookup after its read; returns the gate that releases them.
+    fn hold_reads(store: &MemoryStore) -> Arc<tokio::sync::Semaphore> {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        *store.hold_after_read.lock() = Some(gate.clone());
+        gate
+    }
+
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        for _ in 0..2000 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    /// Finding 1 of issue #24: a lookup reads the wide row, the narrowing update commits and
+    /// is applied, then the lookup finishes. Before versions it cached the wide copy after the
+    /// update's eviction, and every later request was served from it.
+    #[tokio::test]
+    async fn a_lookup_in_flight_never_caches_a_copy_older_than_a_change() {
+        let (store, v, key, hash) = setup().await;
+        let gate = hold_reads(&store);
+        let early = {
+            let (v, key) = (v.clone(), key.clone());
+            tokio::spawn(async move { v.authenticate_key(key.as_bytes(), None).await })
+        };
+        until("the lookup has read the wide row", || {
+            store.held.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        let version = set_permissions(&store, NARROW).await;
+        assert_eq!(version, 3);
+        let change = {
+            let v = v.clone();
+            tokio::spawn(async move { v.key_changed(&hash, version).await })
+        };
+        until("the change is learned", || v.known.contains_key(&hash)).await;
+        // The read finishes after the change; later reads are not held.
+        *store.hold_after_read.lock() = None;
+        gate.add_permits(1);
+        change.await.unwrap();
+        // The change's 2xx would leave now: every request from here on sees the narrow key.
+        for _ in 0..3 {
+            let id = v.authenticate_key(key.as_bytes(), None).await.unwrap();
+            assert!(!can_send(&id), "a copy older than the change was served");
+            assert_eq!(id.version(), 3);
+        }
+        // The request in flight during the change was answered from a fresh read too.
+        let id = early.await.unwrap().unwrap();
+        assert_eq!(id.version(), 3);
+    }
+
+    /// The same with the lookup finishing between the change's commit and its notice: the
+    /// copy is cached before the notice, and the notice drops it.
+    #[tokio::test]
+    async fn a_copy_cached_between_commit_and_notice_is_dropped_by_the_notice() {
+        let (store, v, key, hash) = setup().await;
+        let gate = hold_reads(&store);
+        let early = {
+            let (v, key) = (v.clone(), key.clone());
+            tokio::spawn(async move { v.authenticate_key(key.as_bytes(), None).await })
+        };
+        until("the lookup has read the wide row", || {
+            store.held.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        let version = set_permissions(&store, NARROW).await;
+        *store.hold_after_read.lock() = None;
+        gate.add_permits(1);
+        assert!(
+            can_send(&early.await.unwrap().unwrap()),
+            "read before the change"
+        );
+        v.key_changed(&hash, version).await;
+        let id = v.authenticate_key(key.as_bytes(), None).await.unwrap();
+        assert!(!can_send(&id));
+    }
+
+    /// A delete is the same event: a lookup that read the row before it never brings the key
+    /// back.
+    #[tokio::test]
+    async fn a_lookup_in_flight_never_brings_a_deleted_key_back() {
+        let (store, v, key, hash) = setup().await;
+        let gate = hold_reads(&store);
+        let early = {
+            let (v, key) = (v.clone(), key.clone());
+            tokio::spawn(async move { v.authenticate_key(key.as_bytes(), None).await })
+        };
+        until("the lookup has read the row", || {
+            store.held.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        let gone = store.delete_key("i@x", "key_1").await.unwrap().unwrap();
+        assert_eq!(gone.version, crate::store::TOMBSTONE);
+        let change = {
+            let v = v.clone();
+            tokio::spawn(async move { v.key_changed(&hash, gone.version).await })
+        };
+        until("the delete is learned", || v.known.contains_key(&hash)).await;
+        *store.hold_after_read.lock() = None;
+        gate.add_permits(1);
+        change.await.unwrap();
+        assert_eq!(
+            v.authenticate_key(key.as_bytes(), None).await.err(),
+            Some(AuthFailure::Unknown)
+        );
+        assert_eq!(early.await.unwrap().err(), Some(AuthFailure::Unknown));
+    }
+
+    /// Many real interleavings: readers hammer the key (slow, coalesced lookups and hits)
+    /// while it is narrowed and widened; after each change returns, a fresh request must see
+    /// that change's version or a later one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn no_request_after_a_change_sees_an_older_version() {
+        let (store, v, key, hash) = setup().await;
+        *store.answer_delay.lock() = Some(Duration::from_micros(500));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..8)
+            .map(|_| {
+                let (v, key, stop) = (v.clone(), key.clone(), stop.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let _ = v.authenticate_key(key.as_bytes(), None).await;
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        for round in 0..300 {
+            let perms = if round % 2 == 0 { NARROW } else { WIDE };
+            let version = set_permissions(&store, perms).await;
+            v.key_changed(&hash, version).await;
+            let id = v.authenticate_key(key.as_bytes(), None).await.unwrap();
+            assert!(
+                id.version() >= version,
+                "round {round}: version {} served after change {version}",
+                id.version()
+            );
+            assert_eq!(can_send(&id), perms == WIDE, "round {round}");
+            if round % 7 == 0 {
+                // Sometimes from the cache only: a TTL-free hit right after the change.
+                tokio::task::yield_now().await;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            r.await.unwrap();
+        }
+    }
+}

@@ -1,10 +1,11 @@
 //! Cross-instance revocation: every gateway follows the shared revocation log.
 //!
-//! A delete (and, later, any change to a key) commits the row change and a `key_events` entry
-//! (monotonic `seq`, key hash, time) in one transaction and `NOTIFY`s `CHANNEL`. This listener
-//! holds a dedicated connection that `LISTEN`s, evicts each notified key from this instance's
-//! caches, and after every (re)connect reads every log entry past the last `seq` it applied
-//! before it trusts its caches again, so no revocation is missed. While it is down, the
+//! Every change to a key (update, delete) commits the row change and a `key_events` entry
+//! (monotonic `seq`, key hash, time, the key's new version) in one transaction and `NOTIFY`s
+//! `CHANNEL`. This listener holds a dedicated connection that `LISTEN`s, hands each change's
+//! version to this instance's caches (which then refuse anything older), and after every
+//! (re)connect reads every log entry past the last `seq` it applied before it trusts its caches
+//! again, so no change is missed. While it is down, the
 //! verifier trusts cached keys for `store.revocation_max_staleness_ms` at most, then asks the
 //! store on every use (`FeedHealth`). A heartbeat every second notices a dead connection.
 //! Entries older than `store.revocation_log_retention_seconds` are pruned; an instance whose
@@ -25,7 +26,7 @@ use crate::clock::now_us;
 use crate::config::PostgresConfig;
 use crate::keys::KeyHash;
 use crate::metrics::Metrics;
-use crate::store::{FeedHealth, KeyChange, KeyEvents};
+use crate::store::{FeedHealth, KeyEvents, TOMBSTONE, UNKNOWN_VERSION};
 
 /// How the listening connection names itself in `pg_stat_activity`.
 pub const LISTENER_APPLICATION_NAME: &str = "agentry-gateway-revocation-listener";
@@ -84,29 +85,38 @@ pub struct RevocationService {
 struct Entry {
     seq: i64,
     at_us: i64,
-    change: KeyChange,
+    /// The key's version after the change (`TOMBSTONE`: deleted).
+    version: i64,
     hash: KeyHash,
 }
 
-fn change_of(kind: &str) -> KeyChange {
+/// The version a log entry gives its key: a delete is a tombstone whatever its row says; any
+/// other kind (and any kind a newer gateway adds) carries the row's new version, or
+/// `UNKNOWN_VERSION` when logged before versions existed (cached copies are dropped then).
+fn version_of(kind: &str, version: i64) -> i64 {
     match kind {
-        "delete" => KeyChange::Deleted,
-        // Anything else (and any kind a newer gateway adds) at least drops the cached copy.
-        _ => KeyChange::Updated,
+        "delete" => TOMBSTONE,
+        _ if version > 0 => version,
+        _ => UNKNOWN_VERSION,
     }
 }
 
-/// Parses a notification payload: `seq:at_us:kind:hex(hash)`.
+/// Parses a notification payload: `seq:at_us:kind:hex(hash):version` (or, from a gateway
+/// before versions, `seq:at_us:kind:hex(hash)`).
 fn parse_payload(payload: &str) -> Option<Entry> {
-    let mut parts = payload.splitn(4, ':');
+    let mut parts = payload.splitn(5, ':');
     let seq = parts.next()?.parse().ok()?;
     let at_us = parts.next()?.parse().ok()?;
-    let change = change_of(parts.next()?);
+    let kind = parts.next()?;
     let hash: KeyHash = hex::decode(parts.next()?).ok()?.try_into().ok()?;
+    let version = match parts.next() {
+        Some(v) => v.parse().ok()?,
+        None => UNKNOWN_VERSION,
+    };
     Some(Entry {
         seq,
         at_us,
-        change,
+        version: version_of(kind, version),
         hash,
     })
 }
@@ -117,7 +127,7 @@ impl RevocationService {
         if e.seq <= l.last_applied.load(Ordering::Acquire) {
             return; // seen already (a notification that raced the catch-up read)
         }
-        self.events.key_changed(&e.hash, e.change).await;
+        self.events.key_changed(&e.hash, e.version).await;
         l.last_applied.fetch_max(e.seq, Ordering::AcqRel);
         let lag = (now_us() - e.at_us).max(0) as f64 / 1e6;
         self.metrics.revocation_lag.observe(lag);
@@ -129,7 +139,8 @@ impl RevocationService {
         let since = self.listener.last_applied.load(Ordering::Acquire);
         let rows = client
             .query(
-                "SELECT seq, at_us, kind, key_hash FROM key_events WHERE seq > $1 ORDER BY seq",
+                "SELECT seq, at_us, kind, key_hash, version FROM key_events WHERE seq > $1
+                 ORDER BY seq",
                 &[&since],
             )
             .await
@@ -146,7 +157,7 @@ impl RevocationService {
             let e = Entry {
                 seq: r.get(0),
                 at_us: r.get(1),
-                change: change_of(r.get(2)),
+                version: version_of(r.get(2), r.get(4)),
                 hash,
             };
             self.apply(&e).await;
@@ -280,24 +291,31 @@ mod tests {
     #[test]
     fn payloads_parse() {
         let h = [7u8; 32];
-        let p = format!("42:1700000000000000:delete:{}", hex::encode(h));
+        let p = format!("42:1700000000000000:delete:{}:{TOMBSTONE}", hex::encode(h));
         assert_eq!(
             parse_payload(&p),
             Some(Entry {
                 seq: 42,
                 at_us: 1_700_000_000_000_000,
-                change: KeyChange::Deleted,
+                version: TOMBSTONE,
                 hash: h
             })
         );
-        let p = format!("43:1:update:{}", hex::encode(h));
-        assert_eq!(parse_payload(&p).unwrap().change, KeyChange::Updated);
+        let p = format!("43:1:update:{}:7", hex::encode(h));
+        assert_eq!(parse_payload(&p).unwrap().version, 7);
+        // Before versions: a delete is still a tombstone, an update is a change of unknown
+        // version.
+        let p = format!("44:1:delete:{}", hex::encode(h));
+        assert_eq!(parse_payload(&p).unwrap().version, TOMBSTONE);
+        let p = format!("45:1:update:{}", hex::encode(h));
+        assert_eq!(parse_payload(&p).unwrap().version, UNKNOWN_VERSION);
         for bad in [
             "",
             "1:2:delete",
             "x:2:delete:00",
             "1:2:delete:zz",
             "1:2:delete:0011",
+            &format!("1:2:update:{}:x", hex::encode(h)),
         ] {
             assert_eq!(parse_payload(bad), None, "{bad}");
         }

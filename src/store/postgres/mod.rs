@@ -11,14 +11,15 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 
 use super::{
-    AuthRecord, Cursor, KeyHash, KeyRecord, KeyUpdate, NewKey, PoolStatus, Store, StoreError,
+    AuthRecord, Cursor, KeyHash, KeyRecord, KeyUpdate, KeyVersion, NewKey, PoolStatus, Store,
+    StoreError, TOMBSTONE,
 };
 use crate::config::PostgresConfig;
 
 pub use listener::RevocationListener;
 pub use tls::Tls;
 
-/// The channel every instance `LISTEN`s on; payload `seq:at_us:kind:hex(hash)`.
+/// The channel every instance `LISTEN`s on; payload `seq:at_us:kind:hex(hash):version`.
 pub const CHANNEL: &str = "agentry_key_events";
 /// Advisory lock held while migrating: ten gateways starting at once migrate exactly once.
 const MIGRATION_LOCK: i64 = 0x6167_656e_7472_7901;
@@ -60,6 +61,11 @@ ALTER TABLE api_keys ADD COLUMN permissions TEXT,
                      ADD COLUMN created_by TEXT;
 UPDATE api_keys SET updated_at_us = created_at_us;
 ALTER TABLE api_keys ALTER COLUMN updated_at_us SET NOT NULL;
+"#,
+    // Every change bumps a key's version; the change log carries it (0: logged before versions).
+    r#"
+ALTER TABLE api_keys ADD COLUMN version BIGINT NOT NULL DEFAULT 1;
+ALTER TABLE key_events ADD COLUMN version BIGINT NOT NULL DEFAULT 0;
 "#,
 ];
 
@@ -174,11 +180,13 @@ impl PostgresStore {
         self.pool.get().await.map_err(unavailable)
     }
 
-    /// Appends a change to the revocation log and notifies every instance, inside `tx`.
+    /// Appends a change (the key's new version) to the revocation log and notifies every
+    /// instance, inside `tx`.
     async fn log_change(
         tx: &deadpool_postgres::Transaction<'_>,
         hash: &KeyHash,
         kind: &str,
+        version: i64,
     ) -> Result<(), StoreError> {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&EVENTS_LOCK])
             .await
@@ -186,13 +194,14 @@ impl PostgresStore {
         let at_us = crate::clock::now_us();
         let row = tx
             .query_one(
-                "INSERT INTO key_events (key_hash, kind, at_us) VALUES ($1, $2, $3) RETURNING seq",
-                &[&&hash[..], &kind, &at_us],
+                "INSERT INTO key_events (key_hash, kind, at_us, version) VALUES ($1, $2, $3, $4)
+                 RETURNING seq",
+                &[&&hash[..], &kind, &at_us, &version],
             )
             .await
             .map_err(db_error)?;
         let seq: i64 = row.get(0);
-        let payload = format!("{seq}:{at_us}:{kind}:{}", hex::encode(hash));
+        let payload = format!("{seq}:{at_us}:{kind}:{}:{version}", hex::encode(hash));
         tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
             .await
             .map_err(db_error)?;
@@ -346,7 +355,7 @@ impl Store for PostgresStore {
         &self,
         inbox_id: &str,
         api_key_id: &str,
-    ) -> Result<Option<KeyHash>, StoreError> {
+    ) -> Result<Option<KeyVersion>, StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(db_error)?;
         let row = tx
@@ -361,9 +370,12 @@ impl Store for PostgresStore {
         };
         let hash = hash_of(row.get::<_, &[u8]>(0))?;
         // The row removal and its log entry commit together, or not at all.
-        PostgresStore::log_change(&tx, &hash, "delete").await?;
+        PostgresStore::log_change(&tx, &hash, "delete", TOMBSTONE).await?;
         tx.commit().await.map_err(db_error)?;
-        Ok(Some(hash))
+        Ok(Some(KeyVersion {
+            hash,
+            version: TOMBSTONE,
+        }))
     }
 
     async fn update_key(
@@ -371,16 +383,17 @@ impl Store for PostgresStore {
         inbox_id: &str,
         api_key_id: &str,
         update: KeyUpdate,
-    ) -> Result<Option<(KeyRecord, KeyHash)>, StoreError> {
+    ) -> Result<Option<(KeyRecord, KeyVersion)>, StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(db_error)?;
         let row = tx
             .query_opt(
                 &format!(
                     "UPDATE api_keys SET name = COALESCE($3, name),
-                         permissions = COALESCE($4, permissions), updated_at_us = $5
+                         permissions = COALESCE($4, permissions), updated_at_us = $5,
+                         version = version + 1
                      WHERE api_key_id = $1 AND inbox_id = $2
-                     RETURNING {RECORD_COLUMNS}, key_hash"
+                     RETURNING {RECORD_COLUMNS}, key_hash, version"
                 ),
                 &[
                     &api_key_id,
@@ -396,10 +409,11 @@ impl Store for PostgresStore {
             return Ok(None);
         };
         let hash = hash_of(row.get::<_, &[u8]>(11))?;
-        // Every instance drops its cached copy: the same log as deletes.
-        PostgresStore::log_change(&tx, &hash, "update").await?;
+        let version: i64 = row.get(12);
+        // Every instance learns the new version: the same log as deletes.
+        PostgresStore::log_change(&tx, &hash, "update", version).await?;
         tx.commit().await.map_err(db_error)?;
-        Ok(Some((row_to_record(&row), hash)))
+        Ok(Some((row_to_record(&row), KeyVersion { hash, version })))
     }
 
     async fn get_key(
@@ -424,7 +438,8 @@ impl Store for PostgresStore {
         let c = self.client().await?;
         let st = c
             .prepare_cached(
-                "SELECT api_key_id, inbox_id, pod_id, key_hash, permissions, expires_at_us
+                "SELECT api_key_id, inbox_id, pod_id, key_hash, permissions, expires_at_us,
+                        version
                  FROM api_keys WHERE key_hash = $1",
             )
             .await
@@ -438,6 +453,7 @@ impl Store for PostgresStore {
                 hash: hash_of(r.get::<_, &[u8]>(3))?,
                 permissions: r.get(4),
                 expires_at_us: r.get(5),
+                version: r.get(6),
             })
         })
         .transpose()
