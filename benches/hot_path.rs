@@ -16,11 +16,11 @@ use agentry_gateway::auth::Verifier;
 use agentry_gateway::config::CacheConfig;
 use agentry_gateway::keys::KeyFormat;
 use agentry_gateway::metrics::Metrics;
-use agentry_gateway::store::sqlite::SqliteStore;
-use agentry_gateway::store::{KeyRecord, NewKey, Store};
 use agentry_gateway::request_target::{
     segment_equals, split_target, RequestTarget, RouteTemplate, Routed, Router,
 };
+use agentry_gateway::store::sqlite::SqliteStore;
+use agentry_gateway::store::{KeyRecord, NewKey, Store};
 
 struct Fixture {
     _dir: tempfile::TempDir,

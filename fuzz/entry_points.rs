@@ -4,7 +4,9 @@
 //! `tests/fuzz_corpus.rs`, which replays the committed corpora in `cargo test`.
 
 use agentry_gateway::keys::KeyFormat;
-use agentry_gateway::request_target::{segment_equals, RequestTarget, RouteTemplate, Routed, Router};
+use agentry_gateway::request_target::{
+    segment_equals, RequestTarget, RouteTemplate, Routed, Router,
+};
 
 /// Key parsing never panics; accepted keys have the exact shape and re-check.
 pub fn key_parser(data: &[u8]) {
@@ -29,7 +31,8 @@ pub fn path_scope(data: &[u8]) {
         return;
     };
     let template = RouteTemplate::parse("/v0/inboxes/{inbox_id}").expect("static template");
-    let messages = RouteTemplate::parse("/v0/inboxes/{inbox_id}/messages").expect("static template");
+    let messages =
+        RouteTemplate::parse("/v0/inboxes/{inbox_id}/messages").expect("static template");
     let router = Router::new([&template, &messages]);
     if let Ok(Routed::Proxy { inbox: seg, .. }) = router.route(&target) {
         let decoded = agentry_gateway::request_target::decode_segment(seg);

@@ -306,7 +306,7 @@ fixed!(
     400,
     "BadRequestError",
     "method_override",
-    "method overrides (X-HTTP-Method-Override, X-Method-Override, X-HTTP-Method, _method) are not accepted: send the request with its real method"
+    "method and URL overrides (X-HTTP-Method-Override, X-Method-Override, X-HTTP-Method, X-Original-Method, X-Original-URL, X-Rewrite-URL, _method) are not accepted: send the request with its real method and path"
 );
 fixed!(
     HEADERS_TOO_LARGE,

@@ -154,6 +154,38 @@ fn every_respelling_of_every_literal_segment_is_refused_as_non_canonical() {
     }
 }
 
+/// Spellings that only NFKC or Unicode case folding make a literal, and format suffixes:
+/// non-canonical wherever a literal could stand (found by an attack review).
+#[test]
+fn unicode_lookalikes_and_format_suffixes_of_literals_are_non_canonical() {
+    let router = router_of(&shipped("config/agentmail-inbox-api.toml"));
+    for t in [
+        "/v0/inboxes/A/me%C5%BF%C5%BFages",
+        "/v0/inboxes/A/%E2%85%BFessages",
+        "/v0/inboxes/A/%E2%85%BFessages/m1",
+        "/v0/inboxes/A/me%C3%9Fages",
+        "/v0/inboxes/A/api-key%C5%BF",
+        "/v0/inboxes/A/api%EF%B9%A3keys",
+        "/v0/inboxes/A/api-%E2%84%AAeys",
+        "/v0/inboxes/A/messages.json",
+        "/v0/inboxes/A/threads.json",
+        "/v0/inboxes/A/api-keys.json",
+        "/v0/inboxes/A/messages/send.json",
+        "/v0/inboxes/A/%C3%A9",
+    ] {
+        let r = RequestTarget::parse(t.as_bytes()).and_then(|t| router.route(&t).map(|_| ()));
+        assert_eq!(r, Err(TargetError::NonCanonical), "{t}");
+    }
+    // Non-ASCII where no literal stands (the inbox, a message id under `*`) is data.
+    for t in [
+        "/v0/inboxes/caf%C3%A9/messages",
+        "/v0/inboxes/A/messages/m%C3%A9/raw",
+    ] {
+        let r = RequestTarget::parse(t.as_bytes()).and_then(|t| router.route(&t));
+        assert!(matches!(r, Ok(Routed::Proxy { .. })), "{t}: {r:?}");
+    }
+}
+
 #[test]
 fn the_key_managed_api_has_one_detector_for_every_spelling() {
     let config = shipped("config/agentmail-inbox-api.toml");
@@ -167,7 +199,10 @@ fn the_key_managed_api_has_one_detector_for_every_spelling() {
         }))
     );
     // Deeper paths in the subtree are the gateway's (404), never a configured route's.
-    for deeper in ["/v0/inboxes/A/api-keys/k/rotate", "/v0/inboxes/A/api-keys/k/x/y"] {
+    for deeper in [
+        "/v0/inboxes/A/api-keys/k/rotate",
+        "/v0/inboxes/A/api-keys/k/x/y",
+    ] {
         let t = RequestTarget::parse(deeper.as_bytes()).unwrap();
         assert_eq!(
             router.route(&t),
@@ -195,6 +230,13 @@ fn method_overrides_in_the_query_are_refused_in_every_spelling() {
         "_%6Dethod=DELETE",
         "_method",
         "x=y&_Method=PATCH&z",
+        ".method=DELETE",
+        "%2Emethod=DELETE",
+        "+_method=DELETE",
+        "%20_method=DELETE",
+        "[method=DELETE",
+        "_method[]=DELETE",
+        "_method[0]=DELETE",
     ] {
         let raw = format!("/v0/inboxes/A/messages?{q}");
         assert_eq!(
@@ -203,7 +245,15 @@ fn method_overrides_in_the_query_are_refused_in_every_spelling() {
             "{q}"
         );
     }
-    for q in ["method=GET", "x_method=1", "a=_method", "_methods=1", "page_token=a_b"] {
+    for q in [
+        "method=GET",
+        "x_method=1",
+        "a=_method",
+        "_methods=1",
+        "page_token=a_b",
+        "a[b]=1",
+        "v=1.2",
+    ] {
         let raw = format!("/v0/inboxes/A/messages?{q}");
         assert!(RequestTarget::parse(raw.as_bytes()).is_ok(), "{q}");
     }
@@ -300,7 +350,19 @@ fn segment(lits: Vec<String>) -> impl Strategy<Value = String> {
         prop::sample::select(lits),
         prop::collection::vec((0u8..8, any::<bool>()), 12),
         prop::sample::select(vec![
-            "", "", "", "", "%2F", "%2f", "%2E", "%5C", "%25", "%C3%A9", "%EF%BD%8D", ";p=1", ".",
+            "",
+            "",
+            "",
+            "",
+            "%2F",
+            "%2f",
+            "%2E",
+            "%5C",
+            "%25",
+            "%C3%A9",
+            "%EF%BD%8D",
+            ";p=1",
+            ".",
             "..",
         ]),
     )
@@ -324,10 +386,22 @@ fn segment(lits: Vec<String>) -> impl Strategy<Value = String> {
 
 fn target_grammar(lits: Vec<String>) -> impl Strategy<Value = String> {
     (
-        prop::sample::select(vec!["/v0/inboxes/A", "/v0/inboxes/B", "/human/v0/inboxes/A", "/v0/inboxes/a%40b"]),
+        prop::sample::select(vec![
+            "/v0/inboxes/A",
+            "/v0/inboxes/B",
+            "/human/v0/inboxes/A",
+            "/v0/inboxes/a%40b",
+        ]),
         prop::collection::vec(segment(lits), 0..5),
         any::<bool>(),
-        prop::sample::select(vec!["", "", "?limit=10", "?_method=DELETE", "?%5Fmethod=PUT", "?a=%6D"]),
+        prop::sample::select(vec![
+            "",
+            "",
+            "?limit=10",
+            "?_method=DELETE",
+            "?%5Fmethod=PUT",
+            "?a=%6D",
+        ]),
     )
         .prop_map(|(base, segs, trailing, query)| {
             let mut t = base.to_owned();

@@ -64,7 +64,9 @@ fn respellings(lit: &str) -> Vec<String> {
         .collect();
     out.push(b.iter().map(|x| format!("%{x:02x}")).collect());
     out.push(format!("{}{}", lit[..1].to_ascii_uppercase(), &lit[1..]));
-    let full = char::from_u32(0xFEE0 + u32::from(b[0])).unwrap().to_string();
+    let full = char::from_u32(0xFEE0 + u32::from(b[0]))
+        .unwrap()
+        .to_string();
     let full: String = full.bytes().map(|x| format!("%{x:02X}")).collect();
     out.push(format!("{full}{}", &lit[1..]));
     out
@@ -104,6 +106,18 @@ fn respelled_literals_are_refused_and_never_forwarded() {
         }
     }
     assert!(tried > 1000, "only {tried} requests");
+    // Letters only NFKC or Unicode case folding make, and format suffixes.
+    for rest in [
+        "me%C5%BF%C5%BFages",
+        "%E2%85%BFessages/m1",
+        "api-key%C5%BF",
+        "messages.json",
+    ] {
+        let path = format!("/v0/inboxes/{INBOX}/{rest}");
+        let r = conn.send("GET", &path, &[("Authorization", &auth)]);
+        assert_eq!(r.status, 400, "{path}");
+        assert_eq!(r.json()["code"], "non_canonical_target", "{path}");
+    }
     let forwarded: Vec<String> = up
         .requests()
         .into_iter()
@@ -113,9 +127,11 @@ fn respelled_literals_are_refused_and_never_forwarded() {
     assert_eq!(forwarded, Vec::<String>::new());
     // The plain spellings are decided as before: the catch-all is the key's, messages are not.
     let inbox = format!("/v0/inboxes/{INBOX}");
-    wait_until("the upstream is healthy", std::time::Duration::from_secs(10), || {
-        g.call("GET", &inbox, &k).status == 200
-    });
+    wait_until(
+        "the upstream is healthy",
+        std::time::Duration::from_secs(10),
+        || g.call("GET", &inbox, &k).status == 200,
+    );
     let r = g.call("GET", &format!("{inbox}/messages"), &k);
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["code"], "insufficient_permission");
@@ -129,9 +145,11 @@ fn method_overrides_are_refused_and_never_forwarded() {
     let reader = key(&g, r#"{"message_read":true}"#);
     let auth = format!("Bearer {reader}");
     let msg = format!("/v0/inboxes/{INBOX}/messages/msg_1");
-    wait_until("the upstream is healthy", std::time::Duration::from_secs(10), || {
-        g.call("GET", &msg, &reader).status == 200
-    });
+    wait_until(
+        "the upstream is healthy",
+        std::time::Duration::from_secs(10),
+        || g.call("GET", &msg, &reader).status == 200,
+    );
     let before = up.count();
     for (name, value) in [
         ("X-HTTP-Method-Override", "DELETE"),
@@ -140,20 +158,42 @@ fn method_overrides_are_refused_and_never_forwarded() {
         ("X-HTTP-Method", "DELETE"),
         ("X-HTTP-Method-Override", "GET"),
         ("X-HTTP-Method-Override", ""),
+        ("X_HTTP_Method_Override", "DELETE"),
+        ("X-Original-URL", "/v0/inboxes/sales@example.com/messages"),
     ] {
-        let r = g.req("GET", &msg, &[("Authorization", &auth), (name, value)], None);
+        let r = g.req(
+            "GET",
+            &msg,
+            &[("Authorization", &auth), (name, value)],
+            None,
+        );
         assert_eq!(r.status, 400, "{name}: {value}");
         assert_eq!(r.json()["code"], "method_override", "{name}");
     }
-    for q in ["_method=DELETE", "a=1&_METHOD=DELETE", "%5Fmethod=DELETE", "x;_method=PUT"] {
-        let r = g.req("GET", &format!("{msg}?{q}"), &[("Authorization", &auth)], None);
+    for q in [
+        "_method=DELETE",
+        "a=1&_METHOD=DELETE",
+        "%5Fmethod=DELETE",
+        "x;_method=PUT",
+    ] {
+        let r = g.req(
+            "GET",
+            &format!("{msg}?{q}"),
+            &[("Authorization", &auth)],
+            None,
+        );
         assert_eq!(r.status, 400, "{q}");
         assert_eq!(r.json()["code"], "method_override", "{q}");
         assert_eq!(r.json()["name"], "ValidationError", "{q}");
     }
     assert_eq!(up.count(), before, "no override reached the upstream");
     // Without an override the read is forwarded, as the GET it is.
-    let r = g.req("GET", &format!("{msg}?method=x"), &[("Authorization", &auth)], None);
+    let r = g.req(
+        "GET",
+        &format!("{msg}?method=x"),
+        &[("Authorization", &auth)],
+        None,
+    );
     assert_eq!(r.status, 200);
     let last = up.requests().pop().unwrap();
     assert_eq!(last.method, "GET");

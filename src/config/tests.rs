@@ -214,9 +214,8 @@ fn routes_under_the_gateways_own_api_are_refused() {
         "/v0/inboxes/{inbox_id}/api-keys/*/rotate",
         "/human/v0/inboxes/{inbox_id}",
     ] {
-        let text = format!(
-            "{MINIMAL}{upstream}[[routes]]\npath = \"{path}\"\nupstream = \"inbox\"\n"
-        );
+        let text =
+            format!("{MINIMAL}{upstream}[[routes]]\npath = \"{path}\"\nupstream = \"inbox\"\n");
         let e = parse(&text).unwrap_err().to_string();
         assert!(
             e.contains("routes[0].path") && e.contains("never proxied"),

@@ -78,7 +78,10 @@ pub fn route_under(
     query: &[u8],
 ) -> Result<Endpoint, ApiError> {
     let target = RequestTarget::from_parts(path, query).map_err(target_error)?;
-    let api_path = match (base, Router::default().route(&target).map_err(target_error)?) {
+    let api_path = match (
+        base,
+        Router::default().route(&target).map_err(target_error)?,
+    ) {
         (Base::Human, Routed::Human(p)) | (Base::Key, Routed::KeyApi(p)) => p,
         _ => return Err(ApiError::NotFound(NotFound::Route)),
     };

@@ -211,7 +211,12 @@ impl Gateway {
     }
 
     /// A management request, answered here from plain inputs.
-    async fn management(&self, session: &mut Session, ctx: &mut RequestCtx, req: PlainRequest) -> Answer {
+    async fn management(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        req: PlainRequest,
+    ) -> Answer {
         let r = self
             .management
             .handle(&req, &mut SessionBody(session))
@@ -222,7 +227,12 @@ impl Gateway {
 
     /// A call of the key-managed API: authenticated like any proxied request (limiter,
     /// expiry), then answered here from the gateway's own store, never forwarded.
-    async fn key_management(&self, session: &mut Session, ctx: &mut RequestCtx, req: PlainRequest) -> Answer {
+    async fn key_management(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        req: PlainRequest,
+    ) -> Answer {
         ctx.kind = Kind::Management(ManagementRoute::Other);
         let identity = match self
             .verifier
@@ -275,9 +285,9 @@ impl Gateway {
         let route =
             route.ok_or_else(|| answer::ROUTE_NOT_FOUND.answer().because(Rejection::NoRoute))?;
         ctx.route = Some(route);
-        let upstream = self
-            .pipeline
-            .authorize(route, inbox, &req.method, identity.as_ref().into())?;
+        let upstream =
+            self.pipeline
+                .authorize(route, inbox, &req.method, identity.as_ref().into())?;
         self.usage.touch(&identity, now_us());
         ctx.upstream = Some(upstream);
         ctx.identity = Some(identity);

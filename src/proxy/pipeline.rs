@@ -8,11 +8,11 @@ use http::{HeaderMap, Method, Version};
 use crate::answer::{self, Answer, IntoAnswer};
 use crate::auth::ApiKeyIdentity;
 use crate::config::{Requirements, RouteConfig};
-use crate::request_head::line::check_request_line;
-use crate::request_head::{self, HeaderLimits, Refusal};
 use crate::keys::KeyFormat;
 use crate::metrics::Rejection;
 use crate::permissions::PermissionSet;
+use crate::request_head::line::check_request_line;
+use crate::request_head::{self, HeaderLimits, Refusal};
 use crate::request_target::{
     segment_equals, split_target, RequestTarget, Routed, Router, TargetError,
 };
@@ -264,7 +264,9 @@ mod tests {
     fn a_plain_target_routes_to_its_most_specific_route() {
         let (p, c) = pipeline();
         let h = HeaderMap::new();
-        let r = p.route(&head(&Method::GET, "/v0/inboxes/A/messages/m1", &h)).unwrap();
+        let r = p
+            .route(&head(&Method::GET, "/v0/inboxes/A/messages/m1", &h))
+            .unwrap();
         assert_eq!(
             r.routed,
             Routed::Proxy {
@@ -303,10 +305,16 @@ mod tests {
     fn the_own_apis_are_told_apart_by_the_router() {
         let (p, _) = pipeline();
         let h = HeaderMap::new();
-        let keys = p.route(&head(&Method::GET, "/v0/inboxes/A/api-keys", &h)).unwrap();
+        let keys = p
+            .route(&head(&Method::GET, "/v0/inboxes/A/api-keys", &h))
+            .unwrap();
         assert_eq!(keys.routed, Routed::KeyApi(ApiPath::Keys { inbox: b"A" }));
         let human = p
-            .route(&head(&Method::GET, "/human/v0/inboxes/A/api-keys/k1?limit=2", &h))
+            .route(&head(
+                &Method::GET,
+                "/human/v0/inboxes/A/api-keys/k1?limit=2",
+                &h,
+            ))
             .unwrap();
         assert_eq!(
             human.routed,
@@ -325,7 +333,11 @@ mod tests {
     #[test]
     fn method_overrides_are_refused_in_headers_and_query() {
         let (p, _) = pipeline();
-        for name in ["x-http-method-override", "X-Method-Override", "X-HTTP-Method"] {
+        for name in [
+            "x-http-method-override",
+            "X-Method-Override",
+            "X-HTTP-Method",
+        ] {
             let mut h = HeaderMap::new();
             h.insert(
                 http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
@@ -339,7 +351,10 @@ mod tests {
         }
         let h = HeaderMap::new();
         assert_eq!(
-            refused(&p, &head(&Method::GET, "/v0/inboxes/A/messages?_method=DELETE", &h)),
+            refused(
+                &p,
+                &head(&Method::GET, "/v0/inboxes/A/messages?_method=DELETE", &h)
+            ),
             (400, "method_override".to_owned(), false)
         );
     }
@@ -353,12 +368,18 @@ mod tests {
             raw: b"GET /v0/inboxes/A/x#/../../B/messages HTTP/1.1\r\n\r\n",
             line_plain: true,
         });
-        assert_eq!(refused(&p, &hd), (400, "bad_request_target".to_owned(), true));
+        assert_eq!(
+            refused(&p, &hd),
+            (400, "bad_request_target".to_owned(), true)
+        );
         hd.http1 = Some(Http1Head {
             raw: b"GET /v0/inboxes/A/x HTTP/1.1\r\n\r\n",
             line_plain: false,
         });
-        assert_eq!(refused(&p, &hd), (400, "bad_request_target".to_owned(), true));
+        assert_eq!(
+            refused(&p, &hd),
+            (400, "bad_request_target".to_owned(), true)
+        );
         hd.http1 = Some(Http1Head {
             raw: b"GET /v0/inboxes/A/x HTTP/1.1\r\n\r\n",
             line_plain: true,
@@ -370,7 +391,10 @@ mod tests {
     fn ambiguous_framing_and_keys_in_urls_are_refused_first() {
         let (p, _) = pipeline();
         let mut h = HeaderMap::new();
-        h.insert(http::header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            http::header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("5"));
         assert_eq!(
             refused(&p, &head(&Method::POST, "/v0/inboxes/A/messages/send", &h)),
@@ -398,9 +422,14 @@ mod tests {
         let other = p
             .authorize(messages, b"b%40b", &Method::GET, reader)
             .unwrap_err();
-        assert_eq!((other.status, code(&other)), (403, "forbidden_inbox".to_owned()));
+        assert_eq!(
+            (other.status, code(&other)),
+            (403, "forbidden_inbox".to_owned())
+        );
         let send = index_of(&c, "/v0/inboxes/{inbox_id}/messages/send");
-        let denied = p.authorize(send, b"a@b", &Method::POST, reader).unwrap_err();
+        let denied = p
+            .authorize(send, b"a@b", &Method::POST, reader)
+            .unwrap_err();
         assert_eq!(
             (denied.status, code(&denied)),
             (403, "insufficient_permission".to_owned())

@@ -96,7 +96,6 @@ pub fn check_request_line(
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

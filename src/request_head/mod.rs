@@ -29,14 +29,37 @@ pub enum Refusal {
     AmbiguousFraming,
     UpgradeRefused,
     HeadersTooLarge,
-    /// `X-HTTP-Method-Override`, `X-Method-Override` or `X-HTTP-Method`: an upstream that
-    /// honours one would run another method than the one the gateway checked.
+    /// `X-HTTP-Method-Override`, `X-Method-Override`, `X-HTTP-Method`, `X-Original-Method`,
+    /// `X-Original-URL` or `X-Rewrite-URL` (also with `_`): an upstream that honours one would
+    /// run another method, or serve another path, than the one the gateway checked.
     MethodOverride,
 }
 
-/// The method-override headers frameworks honour (Rails, Express, ASP.NET, Google APIs).
-const METHOD_OVERRIDE_HEADERS: [&str; 3] =
-    ["x-http-method-override", "x-method-override", "x-http-method"];
+/// The headers frameworks honour to run another method or path than the request line's
+/// (Rails, Express, ASP.NET, Google APIs; Symfony, Laminas and IIS for the URL ones), by name
+/// with `_` read as `-` (CGI-style servers map `X_HTTP_METHOD_OVERRIDE` to the same variable).
+const OVERRIDE_HEADERS: [&[u8]; 6] = [
+    b"x-http-method-override",
+    b"x-method-override",
+    b"x-http-method",
+    b"x-original-method",
+    b"x-original-url",
+    b"x-rewrite-url",
+];
+
+/// Whether a header name is one of [`OVERRIDE_HEADERS`], `_` read as `-`.
+fn is_override_header(name: &str) -> bool {
+    let n = name.as_bytes();
+    if n.len() < 13 || n.len() > 22 || !matches!(n[1], b'-' | b'_') || n[0] != b'x' {
+        return false;
+    }
+    OVERRIDE_HEADERS.iter().any(|h| {
+        h.len() == n.len()
+            && h.iter()
+                .zip(n)
+                .all(|(&a, &b)| a == if b == b'_' { b'-' } else { b })
+    })
+}
 
 impl Refusal {
     pub fn answer(self) -> Answer {
@@ -74,11 +97,7 @@ pub fn check(
     let mut method_override = false;
     for (k, v) in headers {
         bytes += k.as_str().len() + v.len() + 4;
-        // Names of 13 to 22 bytes starting `x-`: the three override headers' only candidates.
-        let n = k.as_str();
-        if n.len() >= 13 && n.starts_with("x-") {
-            method_override |= METHOD_OVERRIDE_HEADERS.contains(&n);
-        }
+        method_override |= is_override_header(k.as_str());
         if k == header::UPGRADE {
             upgrade = true;
         } else if k == header::TRANSFER_ENCODING {
@@ -228,5 +247,48 @@ mod tests {
             chk(&[("authorization", &big)]),
             Err(Refusal::HeadersTooLarge)
         );
+    }
+}
+
+#[cfg(test)]
+mod override_tests {
+    use super::*;
+
+    #[test]
+    fn override_headers_are_seen_in_every_spelling() {
+        for n in [
+            "x-http-method-override",
+            "x_http_method_override",
+            "x-http_method-override",
+            "x-method-override",
+            "x-http-method",
+            "x_http_method",
+            "x-original-method",
+            "x-original-url",
+            "x_rewrite_url",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                http::HeaderValue::from_static("DELETE"),
+            );
+            let limits = HeaderLimits {
+                max_headers: 100,
+                max_header_bytes: 32768,
+            };
+            assert_eq!(
+                check(Version::HTTP_11, &h, None, limits),
+                Err(Refusal::MethodOverride),
+                "{n}"
+            );
+        }
+        for n in [
+            "x-http-methods",
+            "x-request-id",
+            "x-http-method-overrider",
+            "y-http-method",
+        ] {
+            assert!(!is_override_header(n), "{n}");
+        }
     }
 }

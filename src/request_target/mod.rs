@@ -199,18 +199,42 @@ pub fn validate_query(query: &[u8]) -> Result<(), TargetError> {
     if !query.iter().all(|&b| b > b' ' && b < 0x7f && b != b'#') {
         return Err(TargetError::ForbiddenCharacter);
     }
-    // `_method` needs an underscore, raw or escaped (`%5F`): most queries have neither.
-    if memchr::memchr2(b'_', b'%', query).is_some() && has_method_override(query) {
+    // `_method` needs `_`, `.` or `[` (raw or escaped, `%`): a query without any is clear.
+    let candidate = memchr::memchr3(b'_', b'%', b'.', query).is_some() || query.contains(&b'[');
+    if candidate && has_method_override(query) {
         return Err(TargetError::MethodOverride);
     }
     Ok(())
 }
 
-/// Whether a query holds a parameter whose name reads `_method` to a lenient server.
+/// Whether a query holds a parameter whose name reads `_method` to some framework: decoded,
+/// `+` as space, leading spaces dropped, any case, an array suffix (`_method[]`, qs and PHP)
+/// cut, and `.`, space or `[` read as `_` (PHP's name mangling: `.method`, `[method`).
 fn has_method_override(query: &[u8]) -> bool {
     query.split(|&b| b == b'&' || b == b';').any(|param| {
         let name = param.split(|&b| b == b'=').next().unwrap_or(param);
-        loosely_equal(name, b"_method")
+        let decoded: Vec<u8> = percent_encoding::percent_decode(name)
+            .map(|b| if b == b'+' { b' ' } else { b })
+            .collect();
+        let start = decoded
+            .iter()
+            .position(|&b| b != b' ')
+            .unwrap_or(decoded.len());
+        let name = &decoded[start..];
+        let end = name
+            .iter()
+            .skip(1)
+            .position(|&b| b == b'[')
+            .map_or(name.len(), |i| i + 1);
+        let name = &name[..end];
+        name.len() == 7
+            && name
+                .iter()
+                .map(|&b| match b {
+                    b'.' | b' ' | b'[' => b'_',
+                    other => other.to_ascii_lowercase(),
+                })
+                .eq(b"_method".iter().copied())
     })
 }
 
@@ -233,27 +257,39 @@ fn normalized_at(seg: &[u8], i: usize) -> Option<(u8, usize)> {
     Some((d, 3))
 }
 
-/// Whether a raw segment reads as the plain ASCII `literal` to some lenient server: after
-/// percent-decoding, folding fullwidth forms and ignoring ASCII letter case. The router calls
-/// a literal matched this way, but not byte for byte, non-canonical. Hand-written rather than
+/// Whether a raw segment may read as the plain ASCII `literal` to some lenient server: after
+/// percent-decoding, folding fullwidth forms and ignoring ASCII letter case; with a format
+/// suffix (`messages.json`, which Rails and older Spring route as `messages`); or when it holds
+/// any non-ASCII character at all (NFKC and Unicode case folding map hundreds of them onto
+/// ASCII letters, `-`, `@` and `:`, e.g. `ſ`, `ⅿ`, `K`, `﹣`). The router calls a literal
+/// matched this way, but not byte for byte, non-canonical. Hand-written rather than
 /// `percent-encoding`: it runs on every routed segment and must not allocate.
 pub fn loosely_equal(seg: &[u8], literal: &[u8]) -> bool {
     if memchr::memchr(b'%', seg).is_none() {
-        return seg.eq_ignore_ascii_case(literal);
+        return seg.len() >= literal.len()
+            && seg[..literal.len()].eq_ignore_ascii_case(literal)
+            && (seg.len() == literal.len() || seg[literal.len()] == b'.');
     }
     let (mut i, mut j) = (0, 0);
+    let mut equal = true;
     while i < seg.len() {
         let Some((b, used)) = normalized_at(seg, i) else {
             return false;
         };
-        match literal.get(j) {
-            Some(l) if l.eq_ignore_ascii_case(&b) => {}
-            _ => return false,
+        if b >= 0x80 {
+            return true;
+        }
+        if equal {
+            match literal.get(j) {
+                Some(l) if l.eq_ignore_ascii_case(&b) => {}
+                None if b == b'.' => equal = false,
+                _ => return false,
+            }
         }
         i += used;
         j += 1;
     }
-    j == literal.len()
+    j >= literal.len()
 }
 
 /// Checks every segment of an origin-form path (see the module doc for the rules).

@@ -90,8 +90,7 @@ impl Router {
             .join("/");
         RequestTarget::from_parts(sample.as_bytes(), b"")
             .ok()
-            .and_then(|t| own_api(&t).ok())
-            .is_some_and(|own| own.is_some())
+            .is_some_and(|t| !matches!(own_api(&t), Ok(None)))
     }
 }
 
