@@ -289,17 +289,21 @@ fn hostile_paths_never_reach_the_upstream() {
         assert_eq!(r.status, 400, "{t}: {}", r.text());
         assert_eq!(r.json()["code"], "bad_request_target", "{t}");
     }
-    // Not 400 but still refused: other spellings are other inboxes or no route.
+    // Other spellings of the inbox are other inboxes (403); other spellings of a route's
+    // literal segments are not canonical (400); paths under no route are 404.
     for (t, status) in [
         (format!("/v0/inboxes/{x}."), 403),
         ("/v0/inboxes/SUPPORT@example.com".to_owned(), 403),
-        (format!("/V0/inboxes/{x}"), 404),
-        (format!("/v0/Inboxes/{x}"), 404),
+        (format!("/V0/inboxes/{x}"), 400),
+        (format!("/v0/Inboxes/{x}"), 400),
         ("/v0/inboxes".to_owned(), 404),
         ("/".to_owned(), 404),
     ] {
         let r = g.call("GET", &t, &key);
         assert_eq!(r.status, status, "{t}: {}", r.text());
+        if status == 400 {
+            assert_eq!(r.json()["code"], "non_canonical_target", "{t}");
+        }
     }
     // Authority-form (CONNECT).
     if h2 {
