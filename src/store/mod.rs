@@ -132,6 +132,11 @@ pub trait KeyEvents: Send + Sync + 'static {
 pub struct FeedHealth {
     /// 0 while the feed is live; otherwise when it went down (µs since the epoch).
     down_since_us: AtomicI64,
+    /// When the feed last proved it is alive and caught up (a heartbeat answered with no
+    /// notification waiting, or the feed came up), µs since the epoch. The staleness bound
+    /// counts from here, not from when a failure is noticed: a connection that dies silently,
+    /// or a listener stuck applying a backlog, stops this clock at once.
+    alive_at_us: AtomicI64,
     /// `None`: a single-instance store with nothing to follow; always trusted.
     max_staleness_us: Option<i64>,
 }
@@ -141,30 +146,50 @@ impl FeedHealth {
     pub fn always() -> FeedHealth {
         FeedHealth {
             down_since_us: AtomicI64::new(0),
+            alive_at_us: AtomicI64::new(0),
             max_staleness_us: None,
         }
     }
 
     /// For a shared store; down until the feed first comes up.
     pub fn shared(max_staleness: std::time::Duration) -> FeedHealth {
+        let now = crate::clock::now_us().max(1);
         FeedHealth {
-            down_since_us: AtomicI64::new(crate::clock::now_us().max(1)),
+            down_since_us: AtomicI64::new(now),
+            alive_at_us: AtomicI64::new(now),
             max_staleness_us: Some(max_staleness.as_micros() as i64),
         }
     }
 
-    /// Whether a cached key may be used without asking the store.
+    /// Whether a cached key may be used without asking the store: the feed proved itself
+    /// alive and caught up within the staleness bound (read on the coarse clock, one atomic
+    /// load: it is asked on every cache hit).
     pub fn cache_trusted(&self) -> bool {
-        let down = self.down_since_us.load(Ordering::Acquire);
         match self.max_staleness_us {
             None => true,
-            Some(_) if down == 0 => true,
-            Some(max) => crate::clock::now_us() - down <= max,
+            Some(max) => {
+                crate::clock::coarse_now_us() - self.alive_at_us.load(Ordering::Acquire) <= max
+            }
         }
     }
 
+    /// How often the feed must prove itself alive so that a live feed is always trusted: a
+    /// quarter of the staleness bound, at most a second, at least 50 ms.
+    pub fn heartbeat_interval(&self) -> std::time::Duration {
+        let quarter = self.max_staleness_us.unwrap_or(i64::MAX) / 4;
+        std::time::Duration::from_micros(quarter.clamp(50_000, 1_000_000) as u64)
+    }
+
     pub fn set_up(&self) {
+        self.alive_at_us
+            .store(crate::clock::now_us(), Ordering::Release);
         self.down_since_us.store(0, Ordering::Release);
+    }
+
+    /// The feed answered and nothing waits to be applied.
+    pub fn mark_alive(&self) {
+        self.alive_at_us
+            .store(crate::clock::now_us(), Ordering::Release);
     }
 
     /// Marks the feed down, keeping the earliest time it went down.
@@ -243,5 +268,34 @@ pub trait Store: Send + Sync + 'static {
     /// Connection-pool gauges, for stores that pool connections.
     fn pool_status(&self) -> Option<PoolStatus> {
         None
+    }
+}
+
+#[cfg(test)]
+mod feed_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_staleness_bound_runs_from_the_last_proof_of_life() {
+        let feed = FeedHealth::shared(Duration::from_millis(500));
+        feed.set_up();
+        assert!(feed.is_up() && feed.cache_trusted());
+        // A silent death: still "up" (nothing noticed yet), but the last proof of life is
+        // older than the bound, so nothing cached is trusted.
+        feed.alive_at_us
+            .store(crate::clock::now_us() - 600_000, Ordering::Release);
+        assert!(feed.is_up());
+        assert!(!feed.cache_trusted());
+        feed.mark_alive();
+        assert!(feed.cache_trusted());
+        assert_eq!(feed.heartbeat_interval(), Duration::from_millis(125));
+        let default = FeedHealth::shared(Duration::from_millis(2000));
+        assert_eq!(default.heartbeat_interval(), Duration::from_millis(500));
+        assert_eq!(
+            FeedHealth::shared(Duration::from_secs(60)).heartbeat_interval(),
+            Duration::from_secs(1)
+        );
+        assert!(FeedHealth::always().cache_trusted());
     }
 }

@@ -7,7 +7,8 @@
 //! (re)connect reads every log entry past the last `seq` it applied before it trusts its caches
 //! again, so no change is missed. While it is down, the
 //! verifier trusts cached keys for `store.revocation_max_staleness_ms` at most, then asks the
-//! store on every use (`FeedHealth`). A heartbeat every second notices a dead connection.
+//! store on every use (`FeedHealth`). A heartbeat (a quarter of the bound, at most a second) proves
+//! the feed alive and caught up; the bound runs from the last such proof.
 //! Entries older than `store.revocation_log_retention_seconds` are pruned; an instance whose
 //! listener was down longer than that drops its whole cache on reconnect.
 
@@ -217,7 +218,8 @@ impl RevocationService {
         l.health.set_up();
         self.metrics.revocation_listener_up.set(1);
         log::info!("revocation listener up ({applied} missed log entries applied)");
-        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        let beat = l.health.heartbeat_interval();
+        let mut heartbeat = tokio::time::interval(beat);
         let mut prune = tokio::time::interval(PRUNE_EVERY);
         loop {
             tokio::select! {
@@ -230,6 +232,9 @@ impl RevocationService {
                 },
                 _ = heartbeat.tick() => {
                     match tokio::time::timeout(HEARTBEAT, client.simple_query("SELECT 1")).await {
+                        // Alive, and caught up only if no notification waits: a backlog
+                        // stops the clock the staleness bound runs from.
+                        Ok(Ok(_)) if rx.is_empty() => l.health.mark_alive(),
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => return Err(e.to_string()),
                         Err(_) => return Err("heartbeat timed out".into()),
