@@ -207,35 +207,45 @@ pub fn validate_query(query: &[u8]) -> Result<(), TargetError> {
     Ok(())
 }
 
-/// Whether a query holds a parameter whose name reads `_method` to some framework: decoded,
-/// `+` as space, leading spaces dropped, any case, an array suffix (`_method[]`, qs and PHP)
-/// cut, and `.`, space or `[` read as `_` (PHP's name mangling: `.method`, `[method`).
+/// Whether a query holds a parameter whose name reads `_method` to some framework.
 fn has_method_override(query: &[u8]) -> bool {
     query.split(|&b| b == b'&' || b == b';').any(|param| {
         let name = param.split(|&b| b == b'=').next().unwrap_or(param);
-        let decoded: Vec<u8> = percent_encoding::percent_decode(name)
-            .map(|b| if b == b'+' { b' ' } else { b })
-            .collect();
-        let start = decoded
-            .iter()
-            .position(|&b| b != b' ')
-            .unwrap_or(decoded.len());
-        let name = &decoded[start..];
-        let end = name
-            .iter()
-            .skip(1)
-            .position(|&b| b == b'[')
-            .map_or(name.len(), |i| i + 1);
-        let name = &name[..end];
-        name.len() == 7
-            && name
-                .iter()
-                .map(|&b| match b {
-                    b'.' | b' ' | b'[' => b'_',
-                    other => other.to_ascii_lowercase(),
-                })
-                .eq(b"_method".iter().copied())
+        reads_as_method(name)
     })
+}
+
+/// Whether a raw parameter name reads `_method`: decoded, `+` as space, leading spaces dropped,
+/// any case, an array suffix (`_method[]`, qs and PHP) cut, and `.`, space or `[` read as `_`
+/// (PHP's name mangling: `.method`, `[method`). Compared as it is decoded, without allocating:
+/// it runs on every query holding `_`, `.`, `[` or `%`.
+fn reads_as_method(name: &[u8]) -> bool {
+    const WANT: &[u8; 7] = b"_method";
+    let (mut i, mut matched, mut started) = (0, 0, false);
+    while i < name.len() {
+        let (b, used) = match escape_at(name, i) {
+            Some(d) => (d, 3),
+            None if name[i] == b'+' => (b' ', 1),
+            None => (name[i], 1),
+        };
+        i += used;
+        if !started && b == b' ' {
+            continue;
+        }
+        if started && b == b'[' {
+            break;
+        }
+        started = true;
+        let c = match b {
+            b'.' | b' ' | b'[' => b'_',
+            other => other.to_ascii_lowercase(),
+        };
+        if WANT.get(matched) != Some(&c) {
+            return false;
+        }
+        matched += 1;
+    }
+    matched == WANT.len()
 }
 
 /// The character at `seg[i]` as a lenient server would read it, and how many bytes it took:
