@@ -1,5 +1,5 @@
 //! The operations listener: `GET /metrics` (Prometheus text), `/healthz` (alive), `/readyz`
-//! (store answers).
+//! (listeners bound, store answers, not draining).
 
 use std::sync::Arc;
 
@@ -16,6 +16,15 @@ pub struct AdminApp {
     pub metrics: Arc<Metrics>,
     pub store: Arc<dyn Store>,
     pub upstreams: Arc<Vec<Upstream>>,
+    pub lifecycle: Arc<crate::process::Lifecycle>,
+}
+
+fn not_ready(reason: &str) -> Response<Vec<u8>> {
+    reply(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "application/json",
+        format!(r#"{{"status":"not_ready","reason":"{reason}"}}"#).into_bytes(),
+    )
 }
 
 fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -64,18 +73,22 @@ impl ServeHttp for AdminApp {
                 "application/json",
                 br#"{"status":"ok"}"#.to_vec(),
             ),
-            "/readyz" => match self.store.ping().await {
-                Ok(()) => reply(
-                    StatusCode::OK,
-                    "application/json",
-                    br#"{"status":"ready"}"#.to_vec(),
-                ),
-                Err(_) => reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "application/json",
-                    br#"{"status":"not_ready","reason":"store_unavailable"}"#.to_vec(),
-                ),
-            },
+            "/readyz" => {
+                if self.lifecycle.is_draining() {
+                    return not_ready("draining");
+                }
+                if !self.lifecycle.listeners_bound().await {
+                    return not_ready("listeners_not_bound");
+                }
+                match self.store.ping().await {
+                    Ok(()) => reply(
+                        StatusCode::OK,
+                        "application/json",
+                        br#"{"status":"ready"}"#.to_vec(),
+                    ),
+                    Err(_) => not_ready("store_unavailable"),
+                }
+            }
             _ => reply(
                 StatusCode::NOT_FOUND,
                 "application/json",

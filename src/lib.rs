@@ -13,6 +13,7 @@ pub mod keys;
 pub mod management;
 pub mod metrics;
 pub mod permissions;
+pub mod process;
 pub mod proxy;
 pub mod request_head;
 pub mod request_target;
@@ -32,7 +33,6 @@ use auth::usage::{UsageFlusher, UsageRecorder};
 use auth::Verifier;
 use config::{Config, StoreConfig};
 use keys::KeyFormat;
-use management::principal::Principals;
 use management::Management;
 use metrics::Metrics;
 use proxy::{Gateway, RequestIds};
@@ -58,6 +58,18 @@ pub struct Built {
     pub server: Server,
     /// For the final `used_at` flush after the server stops.
     pub usage: Arc<UsageRecorder>,
+    /// Drain state, requests in flight, listener readiness.
+    pub lifecycle: Arc<process::Lifecycle>,
+    /// Applies a reloaded config file to the running gateway.
+    pub reloader: Arc<process::reload::Reloader>,
+}
+
+/// How the process starts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartMode {
+    /// Take the listening sockets from the running process (`server.upgrade_sock`) instead
+    /// of binding them.
+    pub upgrade: bool,
 }
 
 /// An opened store, and for a shared store the listener that keeps this instance's caches
@@ -197,7 +209,11 @@ pub fn huge_pages(allowed: bool) -> std::io::Result<()> {
 
 /// Builds the pingora server with every service: proxy + management listener, metrics
 /// listener, used_at flusher and upstream health checks.
-pub fn build(config: Config) -> Result<Built, StartError> {
+pub fn build(
+    config: Config,
+    file: &process::reload::ConfigFile,
+    mode: StartMode,
+) -> Result<Built, StartError> {
     let route_names: Vec<String> = config
         .routes
         .iter()
@@ -236,29 +252,25 @@ pub fn build(config: Config) -> Result<Built, StartError> {
     );
     let usage = Arc::new(UsageRecorder::new(store.clone(), metrics.clone()));
 
-    let port = config.server.listen.port();
     let conf = ServerConf {
         threads: config.server.threads,
         grace_period_seconds: Some(config.server.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout.as_secs()),
         upstream_keepalive_pool_size: config.server.upstream_keepalive_pool_size,
         work_stealing: config.server.work_stealing,
-        pid_file: config
-            .server
-            .pid_file
-            .clone()
-            .unwrap_or_else(|| format!("/tmp/agentry-gateway-{port}.pid")),
-        upgrade_sock: config
-            .server
-            .upgrade_sock
-            .clone()
-            .unwrap_or_else(|| format!("/tmp/agentry-gateway-{port}.sock")),
+        pid_file: config.server.pid_file.clone(),
+        upgrade_sock: config.server.upgrade_sock.clone(),
         ..ServerConf::default()
     };
     let conf = conf
         .validate()
         .map_err(|e| StartError::Server(e.to_string()))?;
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade: mode.upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    // With --upgrade: waits here for the old process's sockets (it sends them on SIGQUIT).
     server.bootstrap();
 
     let mut upstreams = Vec::with_capacity(config.upstreams.len());
@@ -273,15 +285,29 @@ pub fn build(config: Config) -> Result<Built, StartError> {
     let upstreams = Arc::new(upstreams);
 
     let events_sink = verifier.clone();
+    let lifecycle = process::Lifecycle::new(vec![config.server.listen]);
+    let live = Arc::new(arc_swap::ArcSwap::from_pointee(process::reload::live(
+        &config,
+        &key_format,
+        &metrics,
+    )));
+    let principals = Arc::new(arc_swap::ArcSwap::from_pointee(
+        process::reload::principals(&config),
+    ));
+    let reloader = process::reload::Reloader::new(
+        file,
+        live.clone(),
+        principals.clone(),
+        key_format.clone(),
+        metrics.clone(),
+    )
+    .map_err(|e| StartError::Server(e.to_string()))?;
     let gateway = Gateway {
         management: Management {
             store: store.clone(),
             verifier: verifier.clone(),
             usage: usage.clone(),
-            principals: Principals::new(
-                config.management_tokens.clone(),
-                config.inbox_directory.clone(),
-            ),
+            principals,
             key_format: key_format.clone(),
             clock: Default::default(),
             page_tokens,
@@ -291,19 +317,12 @@ pub fn build(config: Config) -> Result<Built, StartError> {
         },
         verifier,
         usage: usage.clone(),
-        pipeline: proxy::Pipeline::new(
-            config.routes.clone(),
-            key_format.clone(),
-            request_head::HeaderLimits {
-                max_headers: config.limits.max_headers,
-                max_header_bytes: config.limits.max_header_bytes,
-            },
-        ),
+        live,
+        lifecycle: lifecycle.clone(),
         upstreams: upstreams.clone(),
         metrics: metrics.clone(),
-        access_log: config
-            .access_log
-            .then(|| access_log::AccessLog::start(metrics.clone())),
+        // Started whatever the config says: a reload may turn the log on.
+        access_log: access_log::AccessLog::start(metrics.clone()),
         request_ids: RequestIds::default(),
         trusted_proxies: client_ip::TrustedProxies::new(config.server.trusted_proxies.clone()),
     };
@@ -318,6 +337,7 @@ pub fn build(config: Config) -> Result<Built, StartError> {
                 metrics: metrics.clone(),
                 store: store.clone(),
                 upstreams,
+                lifecycle: lifecycle.clone(),
             },
         );
         admin.add_tcp(&addr.to_string());
@@ -339,5 +359,10 @@ pub fn build(config: Config) -> Result<Built, StartError> {
             interval: config.usage_flush_interval,
         },
     ));
-    Ok(Built { server, usage })
+    Ok(Built {
+        server,
+        usage,
+        lifecycle,
+        reloader: Arc::new(reloader),
+    })
 }

@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 
 use agentry_gateway::config::Config;
 use agentry_gateway::keys::{generate_management_token, hash_secret};
+use agentry_gateway::process::{self, reload::ConfigFile};
+use agentry_gateway::StartMode;
 
 /// mimalloc rather than the system allocator (feature `mimalloc`, on by default): a proxied
 /// request makes about 80 heap allocations, most of them inside pingora. Against glibc's
@@ -38,6 +40,10 @@ enum Command {
         /// try the proxy path without an inbox service (quick start only).
         #[arg(long)]
         demo_upstream: bool,
+        /// Take the listening sockets from the running gateway named by `server.pid_file`
+        /// instead of binding them; send that process SIGQUIT within 5 s (README, Upgrade).
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config file without starting.
     CheckConfig,
@@ -65,6 +71,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run {
         demo_upstream: false,
+        upgrade: false,
     }) {
         Command::NewToken { name } => {
             let token = generate_management_token();
@@ -87,12 +94,24 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { demo_upstream } => run(cli.config, demo_upstream),
+        Command::Run {
+            demo_upstream,
+            upgrade,
+        } => run(cli.config, demo_upstream, upgrade),
     }
 }
 
-fn run(config: Option<PathBuf>, demo_upstream: bool) -> ExitCode {
-    let config = match load(config) {
+/// Reads and validates the config file, keeping its text for reloads.
+fn load_file(config: Option<PathBuf>) -> Result<(Config, ConfigFile), String> {
+    let path = config.ok_or("--config FILE is required")?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    let config = Config::parse(&text, &path).map_err(|e| e.to_string())?;
+    Ok((config, ConfigFile { path, text }))
+}
+
+fn run(config: Option<PathBuf>, demo_upstream: bool, upgrade: bool) -> ExitCode {
+    let (config, file) = match load_file(config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -103,12 +122,25 @@ fn run(config: Option<PathBuf>, demo_upstream: bool) -> ExitCode {
         log::warn!("could not turn transparent huge pages off for this process: {e}");
     }
     let listen = config.server.listen;
+    let mut addrs = vec![("server.listen", listen)];
+    if let Some(m) = config.metrics_listen {
+        addrs.push(("metrics.listen", m));
+    }
+    // With --upgrade the sockets come from the old process, which still holds the ports.
+    if !upgrade {
+        if let Err(e) = process::check_listen_addresses(&addrs) {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    }
     let demo_addrs = config
         .upstreams
         .first()
         .map(|u| u.addresses.clone())
         .unwrap_or_default();
-    let mut built = match agentry_gateway::build(config) {
+    let drain = config.server.drain;
+    let pid_path = PathBuf::from(&config.server.pid_file);
+    let mut built = match agentry_gateway::build(config, &file, StartMode { upgrade }) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("error: {e}");
@@ -123,27 +155,40 @@ fn run(config: Option<PathBuf>, demo_upstream: bool) -> ExitCode {
             .server
             .add_service(agentry_gateway::demo_upstream::service(&demo_addrs));
     }
-    log::info!("agentry-gateway listening on {listen}");
-    built.server.run(pingora::server::RunArgs::default());
-    // The server has stopped: write whatever used_at marks are still pending.
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
+    let finisher = process::Finisher::new(built.usage.clone());
+    process::exit_on_listener_panic(finisher.clone());
+    // Written once the sockets are ours: during an upgrade the file names the old process
+    // until the handover is done.
+    match process::PidFile::create(&pid_path) {
+        Ok(p) => finisher.set_pid_file(p),
         Err(e) => {
-            log::error!("final used_at flush: no runtime: {e}");
+            eprintln!(
+                "error: server.pid_file: cannot write {}: {e}; choose a writable path",
+                pid_path.display()
+            );
             return ExitCode::from(1);
         }
-    };
-    match rt.block_on(built.usage.flush()) {
-        Ok(n) => {
-            log::info!("final used_at flush wrote {n} marks; exiting");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            log::error!("final used_at flush failed: {e}");
-            ExitCode::from(1)
-        }
     }
+    finisher.exit_when_idle(
+        built.server.watch_execution_phase(),
+        built.lifecycle.clone(),
+    );
+    let reloader = built.reloader.clone();
+    let signals = process::Signals {
+        lifecycle: built.lifecycle.clone(),
+        drain,
+        on_hup: Box::new(move || reloader.reload_and_report()),
+    };
+    if upgrade {
+        log::info!(
+            "agentry-gateway listening on {listen} (sockets taken over from the old process)"
+        );
+    } else {
+        log::info!("agentry-gateway listening on {listen}");
+    }
+    built.server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(signals),
+    });
+    // The server has stopped: write whatever used_at marks are still pending.
+    ExitCode::from(finisher.finish(0))
 }

@@ -150,6 +150,8 @@ impl ByStatusClass {
 /// All metric handles of one gateway.
 pub struct Metrics {
     registry: Registry,
+    /// `requests_total`, for the route handles of a reloaded route table.
+    requests: IntCounterVec,
     pub management_requests: Vec<ByStatusClass>,
     /// Index = route index in config; the last entry is "no route matched".
     pub proxy_requests: Vec<ByStatusClass>,
@@ -198,7 +200,27 @@ fn name(n: &str) -> String {
     format!("{PREFIX}_{n}")
 }
 
+/// Per-route request counters; index = route index, the last is "no route matched".
+fn route_requests(requests: &IntCounterVec, routes: &[String]) -> Vec<ByStatusClass> {
+    routes
+        .iter()
+        .map(String::as_str)
+        .chain(std::iter::once("none"))
+        .map(|r| ByStatusClass::new(requests, &["proxy", r]))
+        .collect()
+}
+
 impl Metrics {
+    /// The route handles for a route table loaded after start-up (SIGHUP).
+    pub fn route_requests(&self, routes: &[String]) -> Vec<ByStatusClass> {
+        route_requests(&self.requests, routes)
+    }
+
+    /// For metrics registered outside this module (the config reload's).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Registers every metric; `routes` and `upstreams` are the names from config.
     pub fn new(routes: &[String], upstreams: &[String]) -> Metrics {
         let registry = Registry::new();
@@ -217,12 +239,7 @@ impl Metrics {
             .iter()
             .map(|r| ByStatusClass::new(&requests, &["management", r.label()]))
             .collect();
-        let proxy_requests = routes
-            .iter()
-            .map(String::as_str)
-            .chain(std::iter::once("none"))
-            .map(|r| ByStatusClass::new(&requests, &["proxy", r]))
-            .collect();
+        let proxy_requests = route_requests(&requests, routes);
 
         let duration = register(
             &registry,
@@ -422,6 +439,7 @@ impl Metrics {
             store_pool_waiting: pool.with_label_values(&["waiting"]),
             management_requests,
             proxy_requests,
+            requests,
             management_duration: duration.with_label_values(&["management"]),
             proxy_duration: duration.with_label_values(&["proxy"]),
             auth_cache_hits: cache.with_label_values(&["hit"]),

@@ -37,6 +37,7 @@ pub(super) struct FileServer {
     pub(super) threads: Option<usize>,
     pub(super) grace_period_seconds: Option<u64>,
     pub(super) graceful_shutdown_timeout_seconds: Option<u64>,
+    pub(super) drain_seconds: Option<u64>,
     pub(super) upstream_keepalive_pool_size: Option<usize>,
     pub(super) work_stealing: Option<bool>,
     pub(super) transparent_huge_pages: Option<bool>,

@@ -18,6 +18,8 @@ pub use types::*;
 pub const DEFAULT_THREADS: usize = 2;
 pub const DEFAULT_GRACE_PERIOD_SECS: u64 = 10;
 pub const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECS: u64 = 5;
+pub const DEFAULT_DRAIN_SECS: u64 = 5;
+pub const MAX_DRAIN_SECS: u64 = 600;
 pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_UPSTREAM_KEEPALIVE_POOL_SIZE: usize = 128;
 pub const DEFAULT_KEY_PREFIX: &str = "agk";

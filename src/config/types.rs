@@ -56,8 +56,12 @@ pub struct ServerConfig {
     pub transparent_huge_pages: bool,
     /// Total time a request head may take to arrive, from its first byte.
     pub header_read_timeout: Duration,
-    pub pid_file: Option<String>,
-    pub upgrade_sock: Option<String>,
+    /// After SIGTERM, `/readyz` answers 503 this long while the listeners still serve.
+    pub drain: Duration,
+    /// Written at start, removed at exit; names this process to `kill -QUIT` for an upgrade.
+    pub pid_file: String,
+    /// Where a new process started with `--upgrade` receives the listening sockets.
+    pub upgrade_sock: String,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `None`: plaintext HTTP (behind a TLS-terminating balancer, or on loopback).
     pub tls: Option<crate::tls::FrontDoorSettings>,

@@ -142,7 +142,8 @@ pub struct Management {
     pub store: Arc<dyn Store>,
     pub verifier: Arc<Verifier>,
     pub usage: Arc<UsageRecorder>,
-    pub principals: Principals,
+    /// Swapped whole by a config reload (tokens, inbox directory).
+    pub principals: std::sync::Arc<arc_swap::ArcSwap<Principals>>,
     pub key_format: KeyFormat,
     pub clock: MonotonicClock,
     /// Signs and checks page tokens (HMAC under the store's secret).
@@ -173,7 +174,8 @@ impl Management {
         body: &mut dyn BodySource,
         route: &mut ManagementRoute,
     ) -> Result<Answer, ApiError> {
-        let principal = match self.principals.authenticate(&req.headers) {
+        let principals = self.principals.load();
+        let principal = match principals.authenticate(&req.headers) {
             Ok(p) => p,
             // A wrong token counts towards the client's limit; no token at all costs nothing
             // and a valid token is never refused.
@@ -187,7 +189,7 @@ impl Management {
         };
         let endpoint = routes::route(&req.method, &req.path, &req.query)?;
         *route = endpoint.metric_route();
-        let grant = self.principals.grant(principal, endpoint.inbox_id())?;
+        let grant = principals.grant(principal, endpoint.inbox_id())?;
         self.execute(
             endpoint,
             req,

@@ -49,14 +49,14 @@ fn management(limit: u32) -> Management {
         store: store.clone(),
         verifier,
         usage: Arc::new(UsageRecorder::new(store, metrics)),
-        principals: Principals::new(
+        principals: Arc::new(arc_swap::ArcSwap::from_pointee(Principals::new(
             vec![ManagementToken {
                 name: "unit".into(),
                 sha256: hash_secret(TOKEN.as_bytes()),
                 scope: TokenScope::All,
             }],
             InboxDirectory::Static(directory),
-        ),
+        ))),
         key_format: format,
         clock: Default::default(),
         page_tokens: PageTokenKey::new(&[3u8; 32]),

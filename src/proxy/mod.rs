@@ -27,10 +27,12 @@ use crate::upstream::Upstream;
 
 mod answers;
 mod headers;
+pub mod live;
 pub mod pipeline;
 mod request_id;
 
 use answers::{classify, has_body, NO_HEALTHY_BACKEND};
+pub use live::{Live, SharedLive};
 pub use pipeline::{Http1Head, Pipeline, PlainHead};
 pub use request_id::RequestIds;
 
@@ -52,11 +54,15 @@ pub struct Gateway {
     pub management: Management,
     pub verifier: Arc<Verifier>,
     pub usage: Arc<UsageRecorder>,
-    /// The decision steps before the upstream (router, routes, head limits).
-    pub pipeline: Pipeline,
+    /// The decision steps before the upstream (router, routes, head limits) and what else a
+    /// reload replaces.
+    pub live: SharedLive,
+    /// Requests in flight, for the drain and the early exit.
+    pub lifecycle: Arc<crate::process::Lifecycle>,
     pub upstreams: Arc<Vec<Upstream>>,
     pub metrics: Arc<Metrics>,
-    pub access_log: Option<AccessLog>,
+    /// Writes lines while `live.access_log` is on.
+    pub access_log: AccessLog,
     pub request_ids: RequestIds,
     pub trusted_proxies: TrustedProxies,
 }
@@ -80,6 +86,9 @@ pub struct RequestCtx {
     connect_retries: u8,
     /// The target held a key: the access log must not print it.
     redact_target: bool,
+    /// The route table (and what else reloads) this request was decided on.
+    live: Arc<Live>,
+    _in_flight: crate::process::InFlight,
 }
 
 /// Whether a header name, with `_` read as `-`, is in the gateway's `x-agentry-` namespace.
@@ -257,7 +266,8 @@ impl Gateway {
         // The raw head is kept by pingora as shared bytes: a reference count, not a copy.
         let raw = session.as_http1().map(|h1| h1.get_headers_raw_bytes());
         let head = Self::plain_head(session, raw.as_deref());
-        let routing = match self.pipeline.route(&head) {
+        let live = ctx.live.clone();
+        let routing = match live.pipeline.route(&head) {
             Ok(r) => r,
             Err(refused) => {
                 ctx.redact_target = refused.redact_target;
@@ -286,7 +296,7 @@ impl Gateway {
             route.ok_or_else(|| answer::ROUTE_NOT_FOUND.answer().because(Rejection::NoRoute))?;
         ctx.route = Some(route);
         let upstream =
-            self.pipeline
+            live.pipeline
                 .authorize(route, inbox, &req.method, identity.as_ref().into())?;
         self.usage.touch(&identity, now_us());
         ctx.upstream = Some(upstream);
@@ -313,6 +323,8 @@ impl ProxyHttp for Gateway {
             request_id: None,
             connect_retries: 0,
             redact_target: false,
+            live: self.live.load_full(),
+            _in_flight: self.lifecycle.request_started(),
         }
     }
 
@@ -469,12 +481,14 @@ impl ProxyHttp for Gateway {
                     .observe(elapsed.as_secs_f64());
             }
             Kind::Proxy | Kind::Unknown => {
-                let i = ctx.route.unwrap_or(self.pipeline.routes.len());
-                self.metrics.proxy_requests[i].inc(status);
+                let live = &ctx.live;
+                let i = ctx.route.unwrap_or(live.pipeline.routes.len());
+                live.route_requests[i].inc(status);
                 self.metrics.proxy_duration.observe(elapsed.as_secs_f64());
             }
         }
-        if let Some(log) = &self.access_log {
+        if ctx.live.access_log {
+            let log = &self.access_log;
             let req = session.req_header();
             let raw = req.raw_path();
             // The query is never logged: clients do put secrets there.

@@ -233,6 +233,7 @@ impl Gateway {
 listen = "127.0.0.1:{port}"
 threads = 2
 {grace}
+{drain}
 graceful_shutdown_timeout_seconds = 1
 pid_file = "{dir}/gw.pid"
 upgrade_sock = "{dir}/gw.sock"
@@ -251,6 +252,12 @@ listen = "127.0.0.1:{mport}"
                 ""
             } else {
                 "grace_period_seconds = 1"
+            },
+            // SIGTERM in the suites stops at once; tests/process.rs times the drain.
+            drain = if server_extra.contains("drain_seconds") {
+                ""
+            } else {
+                "drain_seconds = 0"
             },
             usage = if body.contains("[usage]") {
                 ""
@@ -355,7 +362,8 @@ listen = "127.0.0.1:{mport}"
         self.child.as_ref().unwrap().id()
     }
 
-    fn signal(&self, sig: &str) {
+    /// Sends a signal by name (`-TERM`, `-HUP`...).
+    pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([sig, &self.pid().to_string()])
             .status()
@@ -385,6 +393,26 @@ listen = "127.0.0.1:{mport}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits for the process to exit on its own; `None` if it is still running at `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut().unwrap();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
     }
 
     /// Starts the binary again on the same config and database.

@@ -142,12 +142,32 @@ impl Validator<'_> {
             work_stealing: s.work_stealing.unwrap_or(true),
             transparent_huge_pages: s.transparent_huge_pages.unwrap_or(false),
             header_read_timeout: Duration::from_millis(header_read_timeout_ms),
-            pid_file: s.pid_file,
-            upgrade_sock: s.upgrade_sock,
+            drain: self.drain(s.drain_seconds)?,
+            pid_file: s
+                .pid_file
+                .unwrap_or_else(|| format!("/tmp/agentry-gateway-{}.pid", listen.port())),
+            upgrade_sock: s
+                .upgrade_sock
+                .unwrap_or_else(|| format!("/tmp/agentry-gateway-{}.sock", listen.port())),
             trusted_proxies,
             tls,
             http2,
         })
+    }
+
+    /// `server.drain_seconds`: how long `/readyz` says 503 after SIGTERM before the listeners
+    /// close.
+    fn drain(&self, seconds: Option<u64>) -> Result<Duration, ConfigError> {
+        let seconds = seconds.unwrap_or(DEFAULT_DRAIN_SECS);
+        if seconds > MAX_DRAIN_SECS {
+            return Err(self.err(
+                "server.drain_seconds",
+                format!(
+                    "{seconds} is longer than {MAX_DRAIN_SECS}; a load balancer notices a 503 within a few health-check intervals, so use the interval times the failure threshold (0 turns the drain off)"
+                ),
+            ));
+        }
+        Ok(Duration::from_secs(seconds))
     }
 
     /// `[server.tls]`: the files must be readable, parse, belong together and be valid now.
