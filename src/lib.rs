@@ -263,10 +263,13 @@ pub fn build(config: Config) -> Result<Built, StartError> {
 
     let mut upstreams = Vec::with_capacity(config.upstreams.len());
     for (index, u) in config.upstreams.iter().enumerate() {
-        let (upstream, health) = Upstream::build(u).map_err(|e| StartError::Upstream {
-            index,
-            message: e.to_string(),
-        })?;
+        let (upstream, health) =
+            Upstream::build(u, metrics.upstream_resolve_failures[index].clone()).map_err(|e| {
+                StartError::Upstream {
+                    index,
+                    message: e.to_string(),
+                }
+            })?;
         upstreams.push(upstream);
         server.add_service(health);
     }
