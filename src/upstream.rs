@@ -261,11 +261,19 @@ impl ServiceDiscovery for Resolver {
     }
 }
 
+/// How long one re-resolution of a name may take before it counts as a failure.
+const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The addresses `host` resolves to now (tokio's resolver: the system's, off the runtime's
 /// threads), without repeats; none is an error.
 async fn lookup(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    // The balancer runs discovery and health checks in one loop: a resolver that hangs must
+    // not hold the group's health checks up.
+    let found = tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((host, port)))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "lookup timed out"))??;
     let mut out = Vec::new();
-    for a in tokio::net::lookup_host((host, port)).await? {
+    for a in found {
         if !out.contains(&a) {
             out.push(a);
         }
