@@ -86,7 +86,19 @@ impl ServeHttp for AdminApp {
                         "application/json",
                         br#"{"status":"ready"}"#.to_vec(),
                     ),
-                    Err(_) => not_ready("store_unavailable"),
+                    // The store's own words (server, database, role, SQLSTATE; never a
+                    // password): this listener is for operators, not clients.
+                    Err(e) => reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "application/json",
+                        serde_json::json!({
+                            "status": "not_ready",
+                            "reason": "store_unavailable",
+                            "message": e.cause(),
+                        })
+                        .to_string()
+                        .into_bytes(),
+                    ),
                 }
             }
             _ => reply(

@@ -64,6 +64,10 @@ pub struct Built {
     pub reloader: Arc<process::reload::Reloader>,
 }
 
+/// How much longer than the old process's own stop an upgraded process waits for the SQLite
+/// lock before it logs that the old one still holds it.
+const UPGRADE_LOCK_SLACK: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How the process starts.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StartMode {
@@ -80,15 +84,25 @@ pub struct OpenedStore {
 }
 
 /// Opens the configured store (schema migrated), on `rt` for stores that need a runtime.
+/// With `--upgrade`, a SQLite file still held by the old process is opened at once and its
+/// single-writer lock taken when the old process exits (after its drain, grace period and
+/// shutdown timeout).
 pub fn open_store(
     config: &Config,
     rt: &tokio::runtime::Runtime,
+    mode: StartMode,
 ) -> Result<OpenedStore, StartError> {
     match &config.store {
-        StoreConfig::Sqlite { path } => Ok(OpenedStore {
-            store: Arc::new(SqliteStore::open(path)?),
-            listener: None,
-        }),
+        StoreConfig::Sqlite { path } => {
+            let s = &config.server;
+            let handover = mode.upgrade.then(|| {
+                s.drain + s.grace_period + s.graceful_shutdown_timeout + UPGRADE_LOCK_SLACK
+            });
+            Ok(OpenedStore {
+                store: Arc::new(SqliteStore::open_exclusive(path, handover)?),
+                listener: None,
+            })
+        }
         StoreConfig::Postgres(pg) => {
             let store = rt.block_on(PostgresStore::open(pg))?;
             let listener = store.listener();
@@ -222,7 +236,7 @@ pub fn build(
     let upstream_names: Vec<String> = config.upstreams.iter().map(|u| u.name.clone()).collect();
     let metrics = Arc::new(Metrics::new(&route_names, &upstream_names));
     let rt = startup_runtime()?;
-    let opened = open_store(&config, &rt)?;
+    let opened = open_store(&config, &rt, mode)?;
     let store: Arc<dyn Store> = Arc::new(MeteredStore::new(opened.store, metrics.clone()));
 
     let page_tokens = page_token_key(store.as_ref(), &rt)?;
@@ -275,10 +289,13 @@ pub fn build(
 
     let mut upstreams = Vec::with_capacity(config.upstreams.len());
     for (index, u) in config.upstreams.iter().enumerate() {
-        let (upstream, health) = Upstream::build(u).map_err(|e| StartError::Upstream {
-            index,
-            message: e.to_string(),
-        })?;
+        let (upstream, health) =
+            Upstream::build(u, metrics.upstream_resolve_failures[index].clone()).map_err(|e| {
+                StartError::Upstream {
+                    index,
+                    message: e.to_string(),
+                }
+            })?;
         upstreams.push(upstream);
         server.add_service(health);
     }

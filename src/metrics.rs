@@ -167,6 +167,8 @@ pub struct Metrics {
     pub upstream_responses: Vec<ByStatusClass>,
     upstream_errors: Vec<Vec<IntCounter>>,
     pub upstream_healthy_backends: Vec<IntGauge>,
+    /// Re-resolutions of an upstream's DNS names that failed (the name keeps its last addresses).
+    pub upstream_resolve_failures: Vec<IntCounter>,
     pub usage_pending_marks: IntGauge,
     pub usage_flushes: IntCounter,
     pub usage_flush_failures: IntCounter,
@@ -326,6 +328,16 @@ impl Metrics {
                 &["upstream"],
             ),
         );
+        let resolve_failures = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    name("upstream_resolve_failures_total"),
+                    "Resolutions of an upstream's DNS names that failed (each keeps its last addresses)",
+                ),
+                &["upstream"],
+            ),
+        );
 
         let pending = register(
             &registry,
@@ -459,6 +471,10 @@ impl Metrics {
             upstream_healthy_backends: upstreams
                 .iter()
                 .map(|u| healthy.with_label_values(&[u]))
+                .collect(),
+            upstream_resolve_failures: upstreams
+                .iter()
+                .map(|u| resolve_failures.with_label_values(&[u]))
                 .collect(),
             usage_pending_marks: pending,
             usage_flushes: flushes,

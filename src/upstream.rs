@@ -1,20 +1,25 @@
-//! Upstream groups: round-robin over healthy addresses, health checks as background services.
+//! Upstream groups: round-robin over healthy addresses; health checks and the re-resolution
+//! of DNS names as background services.
 
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use parking_lot::Mutex;
+use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::health_check::{
     HealthObserve, HealthObserveCallback, HttpHealthCheck, TcpHealthCheck,
 };
 use pingora::lb::selection::RoundRobin;
-use pingora::lb::{Backend, LoadBalancer};
+use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::protocols::ALPN;
 use pingora::services::background::{background_service, GenBackgroundService};
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::config::UpstreamConfig;
+use crate::config::{UpstreamAddress, UpstreamConfig};
 use crate::tls::upstream::PeerTls;
 
 /// One upstream group and its prepared peer settings.
@@ -25,17 +30,56 @@ pub struct Upstream {
     peer_template: HttpPeer,
 }
 
-/// The group's addresses, fixed at start-up (static discovery), each with a flag the health
-/// checks flip. The balancer keeps the same state, but reading it per request costs a SipHash
-/// of the backend and a map lookup; these flags cost one atomic load.
+/// The group's addresses, each with a flag the health checks flip; replaced as a whole when a
+/// DNS name resolves to other addresses. The balancer keeps the same state, but reading it per
+/// request costs a SipHash of the backend and a map lookup; these flags cost one atomic load.
 struct Health {
-    addresses: Vec<Address>,
+    addresses: ArcSwap<Vec<Arc<Address>>>,
+}
+
+impl Health {
+    fn new(addrs: &[SocketAddr]) -> Health {
+        Health {
+            addresses: ArcSwap::from_pointee(
+                addrs.iter().map(|a| Arc::new(Address::new(*a))).collect(),
+            ),
+        }
+    }
+
+    /// Makes `addrs` the group's addresses; an address that stays keeps its health flag, a
+    /// new one starts healthy (as in pingora's own state) until its first check.
+    fn publish(&self, addrs: &[SocketAddr]) -> bool {
+        let old = self.addresses.load();
+        if old.len() == addrs.len() && old.iter().all(|a| addrs.contains(&a.addr)) {
+            return false;
+        }
+        let new = addrs
+            .iter()
+            .map(|addr| {
+                old.iter()
+                    .find(|a| a.addr == *addr)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Address::new(*addr)))
+            })
+            .collect();
+        self.addresses.store(Arc::new(new));
+        true
+    }
 }
 
 struct Address {
     addr: SocketAddr,
     /// Starts true, as pingora's own health state does, until a check says otherwise.
     healthy: AtomicBool,
+}
+
+impl Address {
+    fn new(addr: SocketAddr) -> Address {
+        Address {
+            addr,
+            healthy: AtomicBool::new(true),
+        }
+    }
 }
 
 /// Hands the health checks' verdicts to [`Health`].
@@ -47,35 +91,49 @@ impl HealthObserve for Observer {
         let Some(addr) = target.addr.as_inet() else {
             return;
         };
-        if let Some(a) = self.0.addresses.iter().find(|a| a.addr == *addr) {
+        if let Some(a) = self.0.addresses.load().iter().find(|a| a.addr == *addr) {
             a.healthy.store(healthy, Ordering::Relaxed);
         }
     }
 }
 
 impl Upstream {
-    /// Builds the group and the background service that runs its health checks; the checks
-    /// report each change of an address's health to the group.
+    /// Builds the group and the background service that runs its health checks and, when it
+    /// has DNS names, resolves them again every `resolve_interval`; the service reports each
+    /// change of an address's health, and each new set of addresses, to the group.
     pub fn build(
         cfg: &UpstreamConfig,
+        resolve_failures: prometheus::IntCounter,
     ) -> std::io::Result<(Upstream, GenBackgroundService<LoadBalancer<RoundRobin>>)> {
-        // The balancer here only runs the health checks (and dedupes the addresses); `peer`
-        // does the selection.
-        let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(cfg.addresses.iter().copied())?;
-        let health = Arc::new(Health {
-            addresses: lb
-                .backends()
-                .get_backend()
-                .iter()
-                .filter_map(|b| b.addr.as_inet().copied())
-                .map(|addr| Address {
-                    addr,
-                    healthy: AtomicBool::new(true),
+        // Each entry as it resolves now (the config's own lookup may be a moment old).
+        let last = cfg
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(j, e)| {
+                e.resolve().map_err(|err| {
+                    let msg = format!("addresses[{j}]: \"{e}\" does not resolve ({err})");
+                    std::io::Error::new(err.kind(), msg)
                 })
-                .collect(),
-        });
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let health = Arc::new(Health::new(&union(&last)));
+        let resolver = Resolver {
+            group: cfg.name.clone(),
+            entries: cfg.entries.clone(),
+            last: Mutex::new(last),
+            health: health.clone(),
+            failures: resolve_failures,
+        };
+        // The balancer here runs discovery and the health checks; `peer` does the selection.
+        // Its first update runs when the service starts, before its first health check.
+        let mut lb = LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(resolver)));
+        if cfg.entries.iter().any(UpstreamAddress::is_name) {
+            lb.update_frequency = Some(cfg.resolve_interval);
+        }
         let observer = || Some(Box::new(Observer(health.clone())) as HealthObserveCallback);
-        let mut peer_template = HttpPeer::new(cfg.addresses[0], cfg.tls.is_some(), String::new());
+        let first = health.addresses.load()[0].addr;
+        let mut peer_template = HttpPeer::new(first, cfg.tls.is_some(), String::new());
         peer_template.options.connection_timeout = Some(cfg.connect_timeout);
         peer_template.options.read_timeout = Some(cfg.read_timeout);
         peer_template.options.write_timeout = cfg.write_timeout;
@@ -118,7 +176,7 @@ impl Upstream {
     /// Picks the next healthy address, round-robin. The balancer's own `select` would do the
     /// same but allocates a set per call to skip repeats and hashes each backend it asks about.
     pub fn peer(&self) -> Option<Box<HttpPeer>> {
-        let addrs = &self.health.addresses;
+        let addrs = self.health.addresses.load();
         let n = addrs.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let addr = (0..n)
@@ -132,15 +190,152 @@ impl Upstream {
 
     /// How many addresses the group has.
     pub fn addresses(&self) -> usize {
-        self.health.addresses.len()
+        self.health.addresses.load().len()
     }
 
     /// How many addresses pass their health check now.
     pub fn healthy_backends(&self) -> usize {
         self.health
             .addresses
+            .load()
             .iter()
             .filter(|a| a.healthy.load(Ordering::Relaxed))
             .count()
+    }
+}
+
+/// Every address of `per_entry`, in order, without repeats.
+fn union(per_entry: &[Vec<SocketAddr>]) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for a in per_entry.iter().flatten() {
+        if !out.contains(a) {
+            out.push(*a);
+        }
+    }
+    out
+}
+
+/// The group's service discovery: literal addresses as written; DNS names resolved again at
+/// each update, every address a name resolves to joining the group. A name that stops
+/// resolving keeps the addresses it last had, and the failure is counted.
+struct Resolver {
+    group: String,
+    entries: Vec<UpstreamAddress>,
+    /// Per entry, what it stood for at its last successful resolution.
+    last: Mutex<Vec<Vec<SocketAddr>>>,
+    health: Arc<Health>,
+    failures: prometheus::IntCounter,
+}
+
+#[async_trait]
+impl ServiceDiscovery for Resolver {
+    async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        for (i, entry) in self.entries.iter().enumerate() {
+            let UpstreamAddress::Name { host, port } = entry else {
+                continue;
+            };
+            match lookup(host, *port).await {
+                Ok(addrs) => self.last.lock()[i] = addrs,
+                Err(e) => {
+                    self.failures.inc();
+                    log::warn!(
+                        "upstream {}: {entry} does not resolve ({e}); keeping its last addresses",
+                        self.group
+                    );
+                }
+            }
+        }
+        let addrs = union(&self.last.lock());
+        if self.health.publish(&addrs) {
+            log::info!("upstream {}: addresses now {addrs:?}", self.group);
+        }
+        let backends = addrs
+            .iter()
+            .map(|a| Backend {
+                addr: pingora::protocols::l4::socket::SocketAddr::Inet(*a),
+                weight: 1,
+                ext: Default::default(),
+            })
+            .collect();
+        Ok((backends, HashMap::new()))
+    }
+}
+
+/// How long one re-resolution of a name may take before it counts as a failure.
+const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The addresses `host` resolves to now (tokio's resolver: the system's, off the runtime's
+/// threads), without repeats; none is an error.
+async fn lookup(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    // The balancer runs discovery and health checks in one loop: a resolver that hangs must
+    // not hold the group's health checks up.
+    let found = tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((host, port)))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "lookup timed out"))??;
+    let mut out = Vec::new();
+    for a in found {
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    if out.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no addresses",
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    /// A new set of addresses keeps the health of those that stay; new ones start healthy.
+    #[test]
+    fn a_new_address_set_keeps_the_health_of_addresses_that_stay() {
+        let h = Health::new(&[addr("127.0.0.1:1"), addr("127.0.0.2:1")]);
+        h.addresses.load()[1]
+            .healthy
+            .store(false, Ordering::Relaxed);
+        assert!(
+            !h.publish(&[addr("127.0.0.2:1"), addr("127.0.0.1:1")]),
+            "same set"
+        );
+        assert!(h.publish(&[addr("127.0.0.2:1"), addr("127.0.0.3:1")]));
+        let now = h.addresses.load();
+        assert_eq!(now[0].addr, addr("127.0.0.2:1"));
+        assert!(!now[0].healthy.load(Ordering::Relaxed), "kept its flag");
+        assert!(now[1].healthy.load(Ordering::Relaxed), "new: healthy");
+    }
+
+    /// A name that stops resolving keeps its last addresses, and the failure is counted.
+    #[tokio::test]
+    async fn a_name_that_stops_resolving_keeps_its_last_addresses() {
+        let entries = vec![
+            UpstreamAddress::Ip(addr("127.0.0.1:1")),
+            UpstreamAddress::Name {
+                host: "nonexistent.invalid".into(),
+                port: 80,
+            },
+        ];
+        let last = vec![vec![addr("127.0.0.1:1")], vec![addr("10.0.0.9:80")]];
+        let health = Arc::new(Health::new(&union(&last)));
+        let failures = prometheus::IntCounter::new("f", "f").unwrap();
+        let r = Resolver {
+            group: "u".into(),
+            entries,
+            last: Mutex::new(last),
+            health: health.clone(),
+            failures: failures.clone(),
+        };
+        let (backends, _) = r.discover().await.unwrap();
+        assert_eq!(backends.len(), 2);
+        assert_eq!(failures.get(), 1);
+        assert_eq!(health.addresses.load().len(), 2);
     }
 }

@@ -174,6 +174,7 @@ pub(super) struct FileLogging {
 pub(super) struct FileUpstream {
     pub(super) name: String,
     pub(super) addresses: Vec<String>,
+    pub(super) resolve_interval_seconds: Option<u64>,
     pub(super) health_check: Option<FileHealthCheck>,
     pub(super) connect_timeout_ms: Option<u64>,
     pub(super) read_timeout_ms: Option<u64>,

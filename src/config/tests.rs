@@ -227,3 +227,85 @@ fn routes_under_the_gateways_own_api_are_refused() {
     );
     assert!(parse(&text).is_ok());
 }
+
+fn with_addresses(addresses: &str, extra: &str) -> String {
+    format!("{MINIMAL}\n[[upstreams]]\nname = \"u\"\naddresses = [{addresses}]\n{extra}")
+}
+
+#[test]
+fn upstream_names_resolve_at_load_and_keep_their_entry() {
+    let c = parse(&with_addresses(
+        "\"LocalHost:3000\", \"127.0.0.1:3000\"",
+        "",
+    ))
+    .unwrap();
+    let u = &c.upstreams[0];
+    assert_eq!(
+        u.entries,
+        vec![
+            UpstreamAddress::Name {
+                host: "localhost".into(),
+                port: 3000
+            },
+            UpstreamAddress::Ip("127.0.0.1:3000".parse().unwrap()),
+        ]
+    );
+    assert!(u.addresses.contains(&"127.0.0.1:3000".parse().unwrap()));
+    assert_eq!(
+        u.addresses.iter().filter(|a| a.port() == 3000).count(),
+        u.addresses.len(),
+        "no repeats, every one on the port: {:?}",
+        u.addresses
+    );
+    assert_eq!(
+        u.resolve_interval,
+        Duration::from_secs(DEFAULT_RESOLVE_INTERVAL_SECS)
+    );
+    let c = parse(&with_addresses(
+        "\"localhost:3000\"",
+        "resolve_interval_seconds = 5",
+    ))
+    .unwrap();
+    assert_eq!(c.upstreams[0].resolve_interval, Duration::from_secs(5));
+}
+
+#[test]
+fn upstream_addresses_that_cannot_be_used_name_the_field() {
+    let e = parse(&with_addresses(
+        "\"127.0.0.1:1\", \"nonexistent.invalid:80\"",
+        "",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with(
+            "test.toml: upstreams[0].addresses[1]: \"nonexistent.invalid:80\" does not resolve ("
+        ) && e.ends_with("): check the name, or write an IP:port"),
+        "{e}"
+    );
+    for bad in [
+        "inbox.internal",
+        "inbox..internal:80",
+        "inbox.internal:0",
+        "in box:80",
+        "::1:80",
+    ] {
+        let e = parse(&with_addresses(&format!("{bad:?}"), ""))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            format!("test.toml: upstreams[0].addresses[0]: {bad:?} is not an IP:port or host:port address (write e.g. \"127.0.0.1:3000\" or \"inbox.internal:3000\")")
+        );
+    }
+    let e = parse(&with_addresses(
+        "\"127.0.0.1:1\"",
+        "resolve_interval_seconds = 0",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        e,
+        "test.toml: upstreams[0].resolve_interval_seconds: must be greater than 0"
+    );
+}

@@ -152,7 +152,13 @@ pub struct CacheConfig {
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub name: String,
+    /// `addresses` as written: literal IPs and DNS names.
+    pub entries: Vec<UpstreamAddress>,
+    /// Every address the entries stood for when the config was loaded (names resolved),
+    /// without repeats.
     pub addresses: Vec<SocketAddr>,
+    /// How often the DNS names among the entries are resolved again.
+    pub resolve_interval: Duration,
     /// `None`: TCP connect check. `Some(path)`: HTTP GET of that path, 200 is healthy.
     pub health_check_path: Option<String>,
     pub health_check_interval: Duration,
@@ -164,6 +170,56 @@ pub struct UpstreamConfig {
     pub tls: Option<crate::tls::upstream::UpstreamTls>,
     /// Speak HTTP/2 to the upstream (negotiated by ALPN; TLS only).
     pub http2: bool,
+}
+
+/// One entry of `upstreams[].addresses`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamAddress {
+    /// A literal `IP:port`.
+    Ip(SocketAddr),
+    /// `host:port`: every address the name resolves to joins the group.
+    Name { host: String, port: u16 },
+}
+
+impl UpstreamAddress {
+    /// Whether this entry is a DNS name, resolved again from time to time.
+    pub fn is_name(&self) -> bool {
+        matches!(self, UpstreamAddress::Name { .. })
+    }
+
+    /// The addresses this entry stands for now, without repeats; a name is looked up with the
+    /// system resolver (blocking: for config loading and start-up). A name with no address
+    /// is an error.
+    pub fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
+        use std::net::ToSocketAddrs;
+        match self {
+            UpstreamAddress::Ip(a) => Ok(vec![*a]),
+            UpstreamAddress::Name { host, port } => {
+                let mut out = Vec::new();
+                for a in (host.as_str(), *port).to_socket_addrs()? {
+                    if !out.contains(&a) {
+                        out.push(a);
+                    }
+                }
+                if out.is_empty() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "no addresses",
+                    ));
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for UpstreamAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamAddress::Ip(a) => write!(f, "{a}"),
+            UpstreamAddress::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -103,6 +103,15 @@ pub enum StoreError {
     Conflict(String),
 }
 
+impl StoreError {
+    /// What went wrong, without the kind's prefix.
+    pub fn cause(&self) -> &str {
+        match self {
+            StoreError::Unavailable(s) | StoreError::Conflict(s) => s,
+        }
+    }
+}
+
 /// A connection pool's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolStatus {

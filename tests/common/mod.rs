@@ -4,6 +4,7 @@
 // Each test binary uses a part of the harness.
 #![allow(dead_code, unused_imports)]
 
+mod exits;
 mod gateway;
 mod http;
 mod pgdb;
@@ -11,6 +12,7 @@ mod tls;
 mod tls_upstream;
 mod upstream;
 
+pub use exits::*;
 pub use gateway::*;
 pub use http::*;
 pub use pgdb::*;

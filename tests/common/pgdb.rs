@@ -136,7 +136,7 @@ fn rand_suffix() -> u32 {
 
 /// Runs `f` on the server's maintenance database, on a thread of its own (the synchronous
 /// client must not run inside an async runtime).
-fn admin<T: Send + 'static>(
+pub fn admin<T: Send + 'static>(
     f: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error> + Send + 'static,
 ) -> Result<T, String> {
     std::thread::spawn(move || {

@@ -1,6 +1,7 @@
 //! Validating upstream groups and routes (templates, their upstream, what each method needs).
 
 use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -37,15 +38,28 @@ impl Validator<'_> {
             if u.addresses.is_empty() {
                 return Err(self.err(
                     field("addresses"),
-                    "must list at least one IP:port (e.g. [\"127.0.0.1:3000\"])",
+                    "must list at least one IP:port or host:port (e.g. [\"127.0.0.1:3000\"])",
                 ));
             }
             let http2 = u.http2.unwrap_or(false);
             let tls = self.upstream_tls(i, &u)?;
+            let mut entries = Vec::with_capacity(u.addresses.len());
             let mut addresses = Vec::with_capacity(u.addresses.len());
             for (j, a) in u.addresses.iter().enumerate() {
-                addresses.push(self.socket_addr(&format!("upstreams[{i}].addresses[{j}]"), a)?);
+                let f = format!("upstreams[{i}].addresses[{j}]");
+                let entry = self.upstream_address(&f, a)?;
+                for resolved in self.resolve(&f, &entry)? {
+                    if !addresses.contains(&resolved) {
+                        addresses.push(resolved);
+                    }
+                }
+                entries.push(entry);
             }
+            let resolve_interval = self.positive(
+                &field("resolve_interval_seconds"),
+                u.resolve_interval_seconds
+                    .unwrap_or(DEFAULT_RESOLVE_INTERVAL_SECS),
+            )?;
             let (health_check_path, interval) = match u.health_check {
                 None => (None, DEFAULT_HEALTH_CHECK_INTERVAL_SECS),
                 Some(h) => {
@@ -91,7 +105,9 @@ impl Validator<'_> {
                 tls,
                 http2,
                 name: u.name,
+                entries,
                 addresses,
+                resolve_interval: Duration::from_secs(resolve_interval),
                 health_check_path,
                 health_check_interval: Duration::from_secs(interval),
                 connect_timeout: Duration::from_millis(connect),
@@ -100,6 +116,54 @@ impl Validator<'_> {
             });
         }
         Ok(out)
+    }
+
+    /// One entry of `upstreams[].addresses`: `IP:port` (`[v6]:port`) or `host:port`.
+    fn upstream_address(&self, field: &str, value: &str) -> Result<UpstreamAddress, ConfigError> {
+        if let Ok(a) = value.parse() {
+            return Ok(UpstreamAddress::Ip(a));
+        }
+        let bad = || {
+            self.err(
+                field,
+                format!(
+                    "{value:?} is not an IP:port or host:port address (write e.g. \"127.0.0.1:3000\" or \"inbox.internal:3000\")"
+                ),
+            )
+        };
+        let (host, port) = value.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let host_ok = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if !host_ok || port == 0 {
+            return Err(bad());
+        }
+        Ok(UpstreamAddress::Name {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+
+    /// The addresses an entry stands for now: a name that does not resolve is an error, so
+    /// `check-config` and start-up catch a typo.
+    fn resolve(
+        &self,
+        field: &str,
+        entry: &UpstreamAddress,
+    ) -> Result<Vec<SocketAddr>, ConfigError> {
+        entry.resolve().map_err(|e| {
+            self.err(
+                field,
+                format!("\"{entry}\" does not resolve ({e}): check the name, or write an IP:port"),
+            )
+        })
     }
 
     /// An upstream group's TLS keys: only with `tls = true`, which needs `sni`.

@@ -172,10 +172,13 @@ impl RevocationService {
         let l = &self.listener;
         let mut config = l.connector.config.clone();
         config.application_name(LISTENER_APPLICATION_NAME);
-        let (client, mut conn) = config
-            .connect(l.connector.tls.clone())
-            .await
-            .map_err(|e| e.to_string())?;
+        let (client, mut conn) = config.connect(l.connector.tls.clone()).await.map_err(|e| {
+            format!(
+                "PostgreSQL at {}: {}",
+                l.connector.target,
+                super::errors::describe(&e)
+            )
+        })?;
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
         // The connection task: drives the client and forwards notifications.
         let driver = tokio::spawn(async move {

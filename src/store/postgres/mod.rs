@@ -3,6 +3,7 @@
 //! TLS through rustls, versioned migrations under an advisory lock, and a revocation log that
 //! every instance follows (see `listener.rs`).
 
+mod errors;
 mod listener;
 mod tls;
 
@@ -82,7 +83,7 @@ fn db_error(e: tokio_postgres::Error) -> StoreError {
         Some(c) if *c == SqlState::UNIQUE_VIOLATION => {
             StoreError::Conflict("duplicate api_key_id or key hash".into())
         }
-        _ => unavailable(e),
+        _ => unavailable(errors::describe(&e)),
     }
 }
 
@@ -91,6 +92,8 @@ fn db_error(e: tokio_postgres::Error) -> StoreError {
 pub(crate) struct Connector {
     pub config: tokio_postgres::Config,
     pub tls: Tls,
+    /// `host=… port=… database=… user=…`, for messages (never the password).
+    pub target: String,
 }
 
 impl Connector {
@@ -108,7 +111,17 @@ impl Connector {
             config.application_name("agentry-gateway");
         }
         let tls = tls::new(cfg.tls_ca_path.as_deref())?;
-        Ok(Connector { config, tls })
+        let target = errors::target(&config);
+        Ok(Connector {
+            config,
+            tls,
+            target,
+        })
+    }
+
+    /// A failure, with where it happened: `PostgreSQL at host=… port=… database=… user=…: …`.
+    pub fn error(&self, what: impl std::fmt::Display) -> StoreError {
+        unavailable(format!("PostgreSQL at {}: {what}", self.target))
     }
 
     /// One connection outside the pool, driven on the current runtime.
@@ -117,7 +130,7 @@ impl Connector {
             .config
             .connect(self.tls.clone())
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.error(errors::describe(&e)))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 log::debug!("postgres connection ended: {e}");
@@ -141,11 +154,13 @@ impl PostgresStore {
     pub async fn open(settings: &PostgresConfig) -> Result<PostgresStore, StoreError> {
         let connector = Connector::new(settings)?;
         let mut client = connector.connect().await?;
-        migrate(&mut client).await?;
+        migrate(&mut client)
+            .await
+            .map_err(|e| connector.error(e.cause()))?;
         let start_seq: i64 = client
             .query_one("SELECT COALESCE(max(seq), 0) FROM key_events", &[])
             .await
-            .map_err(unavailable)?
+            .map_err(|e| connector.error(errors::describe(&e)))?
             .get(0);
         drop(client);
         let manager = Manager::from_config(
@@ -177,7 +192,10 @@ impl PostgresStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(unavailable)
+        self.pool
+            .get()
+            .await
+            .map_err(|e| self.connector.error(errors::describe_pool(&e)))
     }
 
     /// Appends a change (the key's new version) to the revocation log and notifies every
@@ -212,10 +230,10 @@ impl PostgresStore {
 /// Applies every migration this database has not seen, exactly once however many gateways
 /// start together; refuses a database migrated by a newer gateway.
 async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), StoreError> {
-    let tx = client.transaction().await.map_err(unavailable)?;
+    let tx = client.transaction().await.map_err(db_error)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
-        .map_err(unavailable)?;
+        .map_err(db_error)?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS agentry_schema (version INT NOT NULL);
          CREATE TABLE IF NOT EXISTS agentry_migrations (
@@ -224,11 +242,11 @@ async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), StoreError> 
              SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM agentry_schema);",
     )
     .await
-    .map_err(unavailable)?;
+    .map_err(db_error)?;
     let version: i32 = tx
         .query_one("SELECT version FROM agentry_schema", &[])
         .await
-        .map_err(unavailable)?
+        .map_err(db_error)?
         .get(0);
     let known = MIGRATIONS.len() as i32;
     if version > known {
@@ -238,19 +256,19 @@ async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), StoreError> 
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let v = i as i32 + 1;
-        tx.batch_execute(sql).await.map_err(unavailable)?;
+        tx.batch_execute(sql).await.map_err(db_error)?;
         tx.execute(
             "INSERT INTO agentry_migrations (version) VALUES ($1)",
             &[&v],
         )
         .await
-        .map_err(unavailable)?;
+        .map_err(db_error)?;
         tx.execute("UPDATE agentry_schema SET version = $1", &[&v])
             .await
-            .map_err(unavailable)?;
+            .map_err(db_error)?;
         log::info!("postgres schema migrated to version {v}");
     }
-    tx.commit().await.map_err(unavailable)
+    tx.commit().await.map_err(db_error)
 }
 
 fn hash_of(bytes: &[u8]) -> Result<KeyHash, StoreError> {
@@ -523,7 +541,9 @@ impl Store for PostgresStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         let c = self.client().await?;
-        c.query_one("SELECT 1", &[]).await.map_err(db_error)?;
+        c.query_one("SELECT 1", &[])
+            .await
+            .map_err(|e| self.connector.error(errors::describe(&e)))?;
         Ok(())
     }
 }

@@ -17,6 +17,8 @@ use super::{
 };
 use crate::keys::KeyHash;
 
+pub mod lock;
+
 const READERS: usize = 4;
 /// How long a successful check that the database file is still in place is trusted. The
 /// check is a `stat`: done on every call it is a syscall per key lookup.
@@ -74,6 +76,8 @@ struct Inner {
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+    /// The single-writer lock, held for the store's life (empty while an upgrade waits).
+    _writer_lock: Arc<lock::LockSlot>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -124,19 +128,43 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database file and migrates its schema.
+    /// Opens (creating if needed) the database file and migrates its schema, refusing a file
+    /// another process holds (see `open_exclusive`).
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_exclusive(path, None)
+    }
+
+    /// Opens the database file, first taking its single-writer lock (`<path>.lock`).
+    ///
+    /// `handover: None`: a file another process holds is an error naming the file and that
+    /// process's pid. `Some(wait)`, for the new process of a zero-downtime upgrade (the old one
+    /// holds the lock until it exits, after its grace period): the file is opened anyway and
+    /// the lock taken in the background as soon as the old process lets go; still held after
+    /// `wait`, an error is logged. Never blocks the caller.
+    pub fn open_exclusive(
+        path: &Path,
+        handover: Option<std::time::Duration>,
+    ) -> Result<SqliteStore, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
+        let (lock, wait_for) = match (lock::try_lock(path)?, handover) {
+            (lock::Attempt::Taken(l), _) => (Some(l), None),
+            (lock::Attempt::Held { pid }, None) => return Err(lock::held_error(path, pid)),
+            (lock::Attempt::Held { pid }, Some(wait)) => (None, Some((pid, wait))),
+        };
         let mut writer = open_connection(path)?;
         migrate(&mut writer)?;
         let readers = (0..READERS)
             .map(|_| open_connection(path).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
         let id = file_id(path).map_err(unavailable)?;
+        let writer_lock = Arc::new(Mutex::new(lock));
+        if let Some((pid, wait)) = wait_for {
+            lock::take_when_free(path, pid, wait, Arc::downgrade(&writer_lock));
+        }
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
@@ -145,6 +173,7 @@ impl SqliteStore {
                 writer: Mutex::new(writer),
                 readers,
                 next_reader: AtomicUsize::new(0),
+                _writer_lock: writer_lock,
             }),
         })
     }
@@ -516,76 +545,4 @@ impl Store for SqliteStore {
 }
 
 #[cfg(test)]
-mod tests {
-    //! SQLite-only behaviour; the `Store` contract itself runs against every backend in
-    //! `tests/store.rs`.
-    use super::*;
-
-    fn key(id: &str, inbox: &str, at: i64, h: u8) -> NewKey {
-        NewKey {
-            record: KeyRecord {
-                api_key_id: id.into(),
-                inbox_id: inbox.into(),
-                pod_id: Some("pod_a".into()),
-                name: format!("n{id}"),
-                prefix: "agk_abc".into(),
-                created_at_us: at,
-                used_at_us: None,
-                permissions: None,
-                expires_at_us: None,
-                updated_at_us: at,
-                created_by: None,
-            },
-            hash: [h; 32],
-        }
-    }
-
-    #[tokio::test]
-    async fn removed_file_is_unavailable_and_restored_file_recovers() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("g.db");
-        let s = SqliteStore::open(&path).unwrap();
-        s.create_key(key("k1", "i", 10, 1)).await.unwrap();
-        let aside = dir.path().join("aside.db");
-        std::fs::rename(&path, &aside).unwrap();
-        assert!(s.ping().await.is_err());
-        assert!(s.find_by_hash(&[1; 32]).await.is_err());
-        std::fs::rename(&aside, &path).unwrap();
-        s.ping().await.unwrap();
-        assert!(s.find_by_hash(&[1; 32]).await.unwrap().is_some());
-    }
-
-    #[tokio::test]
-    async fn data_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("g.db");
-        {
-            let s = SqliteStore::open(&path).unwrap();
-            s.create_key(key("k1", "i", 10, 1)).await.unwrap();
-        }
-        let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.list_keys("i", None, 10).await.unwrap().len(), 1);
-    }
-
-    /// Usage marks are written unsynced; the writer is back at FULL for the key writes after
-    /// them, and the marks are there (forward only).
-    #[tokio::test]
-    async fn usage_writes_leave_the_writer_fully_synced() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("g.db")).unwrap();
-        s.create_key(key("k1", "i", 10, 1)).await.unwrap();
-        let synchronous = |s: &SqliteStore| -> i64 {
-            s.inner
-                .writer
-                .lock()
-                .pragma_query_value(None, "synchronous", |r| r.get(0))
-                .unwrap()
-        };
-        assert_eq!(synchronous(&s), 2, "FULL");
-        s.record_usage(&[("k1".into(), 500)]).await.unwrap();
-        s.record_usage(&[("k1".into(), 400)]).await.unwrap();
-        assert_eq!(synchronous(&s), 2, "FULL again after the marks");
-        let rec = s.get_key("i", "k1").await.unwrap().unwrap();
-        assert_eq!(rec.used_at_us, Some(500));
-    }
-}
+mod tests;
