@@ -89,9 +89,12 @@ fn a_route_added_by_reload_serves() {
     let r = g.call("GET", &target, &key);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(up.requests().last().unwrap().target, target);
-    assert_eq!(
-        g.metric(r#"agentry_gateway_requests_total{kind="proxy",route="/v0/inboxes/{inbox_id}/messages",status_class="2xx"}"#),
-        1.0
+    // Counted in the logging phase, which runs after the response is written: poll.
+    let series = r#"agentry_gateway_requests_total{kind="proxy",route="/v0/inboxes/{inbox_id}/messages",status_class="2xx"}"#;
+    wait_until(
+        "the new route's request is counted",
+        std::time::Duration::from_secs(5),
+        || g.metric(series) == 1.0,
     );
     // The route that was there before still serves.
     assert_eq!(

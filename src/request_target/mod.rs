@@ -116,13 +116,10 @@ impl<'a> RequestTarget<'a> {
     }
 
     /// The path's segments as sent (the leading `/` dropped; `/` alone has one empty segment).
-    pub fn segments(&self) -> std::slice::Split<'a, u8, fn(&u8) -> bool> {
-        self.path[1..].split(is_slash as fn(&u8) -> bool)
+    /// A closure, not a function pointer: the split's test inlines into every caller's loop.
+    pub fn segments(&self) -> impl Iterator<Item = &'a [u8]> + Clone + 'a {
+        self.path[1..].split(|&b| b == b'/')
     }
-}
-
-fn is_slash(b: &u8) -> bool {
-    *b == b'/'
 }
 
 /// RFC 3986 `pchar` minus `;` (matrix parameters are refused) plus `%` (checked separately).
