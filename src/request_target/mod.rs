@@ -191,25 +191,34 @@ pub fn split_target(raw: &[u8]) -> Result<(&[u8], &[u8]), TargetError> {
 }
 
 /// Checks a query string: only visible ASCII, no `#`, and no `_method` parameter (by any
-/// spelling: escaped, in any letter case, after `&` or `;`).
+/// spelling: escaped, in any letter case, after `&` or `;`; see [`reads_as_method`]). One pass:
+/// only a parameter whose name starts with `_`, `%`, `.`, `[` or `+` is looked at again.
 pub fn validate_query(query: &[u8]) -> Result<(), TargetError> {
-    if !query.iter().all(|&b| b > b' ' && b < 0x7f && b != b'#') {
-        return Err(TargetError::ForbiddenCharacter);
+    let mut visible = true;
+    let mut at_name = true;
+    for (i, &b) in query.iter().enumerate() {
+        visible &= b > b' ' && b < 0x7f && b != b'#';
+        if at_name && matches!(b, b'_' | b'%' | b'.' | b'[' | b'+') {
+            let rest = &query[i..];
+            let end = rest
+                .iter()
+                .position(|&c| c == b'&' || c == b';' || c == b'=')
+                .unwrap_or(rest.len());
+            if reads_as_method(&rest[..end]) {
+                return Err(if visible {
+                    TargetError::MethodOverride
+                } else {
+                    TargetError::ForbiddenCharacter
+                });
+            }
+        }
+        at_name = b == b'&' || b == b';';
     }
-    // `_method` needs `_`, `.` or `[` (raw or escaped, `%`): a query without any is clear.
-    let candidate = memchr::memchr3(b'_', b'%', b'.', query).is_some() || query.contains(&b'[');
-    if candidate && has_method_override(query) {
-        return Err(TargetError::MethodOverride);
+    if visible {
+        Ok(())
+    } else {
+        Err(TargetError::ForbiddenCharacter)
     }
-    Ok(())
-}
-
-/// Whether a query holds a parameter whose name reads `_method` to some framework.
-fn has_method_override(query: &[u8]) -> bool {
-    query.split(|&b| b == b'&' || b == b';').any(|param| {
-        let name = param.split(|&b| b == b'=').next().unwrap_or(param);
-        reads_as_method(name)
-    })
 }
 
 /// Whether a raw parameter name reads `_method`: decoded, `+` as space, leading spaces dropped,
