@@ -309,3 +309,21 @@ fn upstream_addresses_that_cannot_be_used_name_the_field() {
         "test.toml: upstreams[0].resolve_interval_seconds: must be greater than 0"
     );
 }
+
+#[test]
+fn cache_lifetimes_are_bounded_by_a_day() {
+    for field in ["ttl_seconds", "negative_ttl_seconds"] {
+        let text = format!("{MINIMAL}[cache]\n{field} = 86401\n");
+        let e = parse(&text).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "test.toml: cache.{field}: 86401 is more than 86400 (a day); use a smaller value"
+            )
+        );
+        let text = format!("{MINIMAL}[cache]\n{field} = 18446744073709551615\n");
+        assert!(parse(&text).is_err(), "{field}");
+        let text = format!("{MINIMAL}[cache]\n{field} = 86400\n");
+        assert!(parse(&text).is_ok(), "{field}");
+    }
+}

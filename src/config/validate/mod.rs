@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod principals;
+
+/// The longest `cache.ttl_seconds` and `cache.negative_ttl_seconds`.
+const MAX_CACHE_TTL_SECS: u64 = 86_400;
 mod routes;
 
 use super::file::*;
@@ -458,24 +461,42 @@ impl Validator<'_> {
         })
     }
 
+    /// A cache lifetime of at most a day: a cached copy is also the cache's own bound on how
+    /// long a change could be missed, and the cache library refuses lifetimes past centuries.
+    fn at_most_a_day(&self, field: &str, secs: u64) -> Result<u64, ConfigError> {
+        if secs > MAX_CACHE_TTL_SECS {
+            return Err(self.err(
+                field,
+                format!("{secs} is more than {MAX_CACHE_TTL_SECS} (a day); use a smaller value"),
+            ));
+        }
+        Ok(secs)
+    }
+
     fn cache(&self, c: FileCache) -> Result<CacheConfig, ConfigError> {
         let max_entries = self.positive(
             "cache.max_entries",
             c.max_entries.unwrap_or(DEFAULT_CACHE_MAX_ENTRIES),
         )?;
-        let ttl = self.positive(
+        let ttl = self.at_most_a_day(
             "cache.ttl_seconds",
-            c.ttl_seconds.unwrap_or(DEFAULT_CACHE_TTL_SECS),
+            self.positive(
+                "cache.ttl_seconds",
+                c.ttl_seconds.unwrap_or(DEFAULT_CACHE_TTL_SECS),
+            )?,
         )?;
         let negative_max_entries = self.positive(
             "cache.negative_max_entries",
             c.negative_max_entries
                 .unwrap_or(DEFAULT_NEGATIVE_CACHE_MAX_ENTRIES),
         )?;
-        let negative_ttl = self.positive(
+        let negative_ttl = self.at_most_a_day(
             "cache.negative_ttl_seconds",
-            c.negative_ttl_seconds
-                .unwrap_or(DEFAULT_NEGATIVE_CACHE_TTL_SECS),
+            self.positive(
+                "cache.negative_ttl_seconds",
+                c.negative_ttl_seconds
+                    .unwrap_or(DEFAULT_NEGATIVE_CACHE_TTL_SECS),
+            )?,
         )?;
         Ok(CacheConfig {
             max_entries,
