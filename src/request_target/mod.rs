@@ -88,7 +88,14 @@ impl TargetError {
 pub struct RequestTarget<'a> {
     path: &'a [u8],
     query: &'a [u8],
+    /// Where each of the first [`KEPT_SEGMENTS`] segments ends in `path`, found once so that
+    /// the router's probes and templates do not split the path again each.
+    ends: [u32; KEPT_SEGMENTS],
+    kept: u8,
 }
+
+/// Segment bounds a [`RequestTarget`] keeps; segments past them are found on demand.
+const KEPT_SEGMENTS: usize = 12;
 
 impl<'a> RequestTarget<'a> {
     /// Parses a raw request target once: origin-form, every path segment by the rules in the
@@ -102,7 +109,22 @@ impl<'a> RequestTarget<'a> {
     pub fn from_parts(path: &'a [u8], query: &'a [u8]) -> Result<RequestTarget<'a>, TargetError> {
         validate_path(path)?;
         validate_query(query)?;
-        Ok(RequestTarget { path, query })
+        let mut ends = [0u32; KEPT_SEGMENTS];
+        let mut kept = 0;
+        let slashes = memchr::memchr_iter(b'/', &path[1..]).map(|i| i + 1);
+        for end in slashes.chain(std::iter::once(path.len())) {
+            if kept == KEPT_SEGMENTS {
+                break;
+            }
+            ends[kept] = end as u32;
+            kept += 1;
+        }
+        Ok(RequestTarget {
+            path,
+            query,
+            ends,
+            kept: kept as u8,
+        })
     }
 
     /// The path, query split off.
@@ -115,10 +137,43 @@ impl<'a> RequestTarget<'a> {
         self.query
     }
 
-    /// The path's segments as sent (the leading `/` dropped; `/` alone has one empty segment).
-    /// A closure, not a function pointer: the split's test inlines into every caller's loop.
-    pub fn segments(&self) -> impl Iterator<Item = &'a [u8]> + Clone + 'a {
-        self.path[1..].split(|&b| b == b'/')
+    /// The path's segments as sent (the leading `/` dropped; `/` alone has one empty segment),
+    /// from the bounds found at parse time.
+    pub fn segments(&self) -> Segments<'_, 'a> {
+        Segments {
+            target: self,
+            next: 0,
+            start: 1,
+        }
+    }
+}
+
+/// The segments of a [`RequestTarget`]: its kept bounds first, then (for a path longer than
+/// they cover) one search for `/` per further segment.
+#[derive(Debug, Clone)]
+pub struct Segments<'t, 'a> {
+    target: &'t RequestTarget<'a>,
+    next: usize,
+    start: usize,
+}
+
+impl<'a> Iterator for Segments<'_, 'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let path = self.target.path;
+        if self.start > path.len() {
+            return None;
+        }
+        let end = if self.next < usize::from(self.target.kept) {
+            self.target.ends[self.next] as usize
+        } else {
+            memchr::memchr(b'/', &path[self.start..]).map_or(path.len(), |i| self.start + i)
+        };
+        self.next += 1;
+        let seg = &path[self.start..end];
+        self.start = end + 1;
+        Some(seg)
     }
 }
 
@@ -191,33 +246,32 @@ pub fn split_target(raw: &[u8]) -> Result<(&[u8], &[u8]), TargetError> {
 }
 
 /// Checks a query string: only visible ASCII, no `#`, and no `_method` parameter (by any
-/// spelling: escaped, in any letter case, after `&` or `;`; see [`reads_as_method`]). One pass:
-/// only a parameter whose name starts with `_`, `%`, `.`, `[` or `+` is looked at again.
+/// spelling: escaped, in any letter case, after `&` or `;`; see [`reads_as_method`]). The bytes
+/// in one branch-free pass; then only the first byte of each parameter (memchr finds them), and
+/// a parameter whose name starts with `_`, `%`, `.`, `[` or `+` is read again.
 pub fn validate_query(query: &[u8]) -> Result<(), TargetError> {
-    let mut visible = true;
-    let mut at_name = true;
-    for (i, &b) in query.iter().enumerate() {
-        visible &= b > b' ' && b < 0x7f && b != b'#';
-        if at_name && matches!(b, b'_' | b'%' | b'.' | b'[' | b'+') {
-            let rest = &query[i..];
-            let end = rest
-                .iter()
-                .position(|&c| c == b'&' || c == b';' || c == b'=')
-                .unwrap_or(rest.len());
+    let visible = query
+        .iter()
+        .fold(true, |ok, &b| ok & (b > b' ') & (b < 0x7f) & (b != b'#'));
+    if !visible {
+        return Err(TargetError::ForbiddenCharacter);
+    }
+    let mut start = 0;
+    loop {
+        let rest = &query[start..];
+        if rest
+            .first()
+            .is_some_and(|b| matches!(b, b'_' | b'%' | b'.' | b'[' | b'+'))
+        {
+            let end = memchr::memchr3(b'&', b';', b'=', rest).unwrap_or(rest.len());
             if reads_as_method(&rest[..end]) {
-                return Err(if visible {
-                    TargetError::MethodOverride
-                } else {
-                    TargetError::ForbiddenCharacter
-                });
+                return Err(TargetError::MethodOverride);
             }
         }
-        at_name = b == b'&' || b == b';';
-    }
-    if visible {
-        Ok(())
-    } else {
-        Err(TargetError::ForbiddenCharacter)
+        match memchr::memchr2(b'&', b';', rest) {
+            Some(i) => start += i + 1,
+            None => return Ok(()),
+        }
     }
 }
 

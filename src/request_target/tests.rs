@@ -165,3 +165,27 @@ fn plain_paths_with_empty_or_dot_segments_are_refused_wherever_they_are() {
         assert_eq!(validate_path(p), Ok(()), "{}", String::from_utf8_lossy(p));
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config { cases: 4096, ..Default::default() })]
+    /// The kept segment bounds (and the search past them) give exactly the path's split.
+    #[test]
+    fn segments_are_the_paths_split(
+        segs in proptest::collection::vec("[a-z0-9@~-]{1,6}", 1..30)
+    ) {
+        let path = format!("/{}", segs.join("/"));
+        if let Ok(t) = RequestTarget::from_parts(path.as_bytes(), b"") {
+            let got: Vec<&[u8]> = t.segments().collect();
+            let want: Vec<&[u8]> = path.as_bytes()[1..].split(|&b| b == b'/').collect();
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
+}
+
+#[test]
+fn the_root_path_has_one_empty_segment() {
+    let t = RequestTarget::from_parts(b"/", b"").unwrap();
+    assert_eq!(t.segments().collect::<Vec<_>>(), vec![&b""[..]]);
+    let t = RequestTarget::from_parts(b"/a", b"").unwrap();
+    assert_eq!(t.segments().collect::<Vec<_>>(), vec![&b"a"[..]]);
+}
