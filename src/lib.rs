@@ -209,7 +209,7 @@ pub const H2_MAX_ERROR_RESETS: usize = 200;
 /// turned off (`PR_SET_THP_DISABLE`; a no-op where Linux is not). mimalloc asks for them on its
 /// arenas (`MADV_HUGEPAGE`, which the common `madvise` setting grants). With them, the p99
 /// while the key cache fills was twice as high and the heap a third larger; without them,
-/// cache hits cost up to 7% more CPU (README, tuning log: cold-cache one-connection p99
+/// cache hits cost up to 7% more CPU (bench/HISTORY.md, tuning log: cold-cache one-connection p99
 /// 1.16 -> 0.57 ms). The binary calls it with `server.transparent_huge_pages` before `build`.
 pub fn huge_pages(allowed: bool) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]

@@ -13,7 +13,7 @@ use agentry_gateway::StartMode;
 /// mimalloc rather than the system allocator (feature `mimalloc`, on by default): a proxied
 /// request makes about 80 heap allocations, most of them inside pingora. Against glibc's
 /// malloc, both without huge pages: 12,000 fewer instructions per cache hit but the same CPU
-/// time, 11% less CPU per cache miss, and less memory with the cache full (README, tuning log).
+/// time, 11% less CPU per cache miss, and less memory with the cache full (bench/HISTORY.md, tuning log).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -21,7 +21,7 @@ use crate::store::{KeyRecord, Store};
 
 /// Keys written per transaction of a flush: 32 is about 0.15 ms of SQLite's CPU, short enough
 /// that a request arriving during it is not held up noticeably (256 held the one-connection
-/// miss p99 above 1 ms; see the README's tuning log).
+/// miss p99 above 1 ms; see bench/HISTORY.md, tuning log).
 pub const FLUSH_CHUNK: usize = 32;
 /// Pause between two chunks of a paced flush.
 pub const FLUSH_PAUSE: Duration = Duration::from_millis(1);

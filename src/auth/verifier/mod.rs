@@ -70,7 +70,7 @@ impl<F: Fn() -> Option<IpAddr> + Send + Sync> ClientAddr for F {
 
 /// Who a valid API key is: what upstreams are told, and its in-memory usage mark. A million
 /// of these are cached: with its `Arc` counts it fills one 128-byte heap block (mimalloc's
-/// size class; glibc's is 144), see the README's memory per cached key.
+/// size class; glibc's is 144), see the README (performance) and bench/HISTORY.md.
 pub struct ApiKeyIdentity {
     pub api_key_id: KeyId,
     /// The inbox's id and pod, shared with every other cached key of the inbox.
