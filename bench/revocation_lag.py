@@ -9,7 +9,6 @@ Run through bench/revocation_lag.sh, which builds the release binary.
 
 import argparse
 import hashlib
-import http.client
 import json
 import os
 import shutil
@@ -22,67 +21,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ports import free_port, wait_port  # noqa: E402
+from pg_cluster import Client, gateway_config, pct  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 GATEWAY = os.path.join(TARGET, "release/agentry-gateway")
 TOKEN = "agm_bench_" + hashlib.sha256(os.urandom(16)).hexdigest()[:32]
 INBOX = "support@bench.example"
-
-
-def config(d, name, port, mport, upstream, url):
-    token_hash = hashlib.sha256(TOKEN.encode()).hexdigest()
-    return f"""
-[server]
-listen = "127.0.0.1:{port}"
-threads = 1
-grace_period_seconds = 0
-graceful_shutdown_timeout_seconds = 1
-pid_file = "{d}/{name}.pid"
-upgrade_sock = "{d}/{name}.sock"
-[metrics]
-listen = "127.0.0.1:{mport}"
-[store]
-kind = "postgres"
-url = "{url}"
-pool_size = 4
-[logging]
-access_log = false
-[limits]
-failed_auth_per_ip = 0
-[[management.tokens]]
-name = "bench"
-sha256 = "{token_hash}"
-scope = "all"
-[inbox_directory]
-source = "none"
-[[upstreams]]
-name = "inbox"
-addresses = ["127.0.0.1:{upstream}"]
-health_check = {{ path = "/healthz", interval_seconds = 1 }}
-[[routes]]
-path = "/v0/inboxes/{{inbox_id}}"
-upstream = "inbox"
-"""
-
-
-class Client:
-    def __init__(self, port):
-        self.c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-
-    def call(self, method, path, auth, body=None):
-        headers = {"Authorization": f"Bearer {auth}"}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        self.c.request(method, path, body=body, headers=headers)
-        r = self.c.getresponse()
-        data = r.read()
-        return r.status, data
-
-
-def pct(xs, p):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
 def main():
@@ -104,7 +49,7 @@ def main():
             port, mport = free_port(), free_port()
             path = os.path.join(d, f"{name}.toml")
             with open(path, "w") as f:
-                f.write(config(d, name, port, mport, upstream, url))
+                f.write(gateway_config(d, name, port, mport, upstream, url, TOKEN))
             cmd = [GATEWAY, "run", "--config", path] + (["--demo-upstream"] if i == 0 else [])
             log = open(os.path.join(d, f"{name}.log"), "w")
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
@@ -113,7 +58,7 @@ def main():
             wait_port(port)
             wait_port(mport)
             ports.append(port)
-        a, b, c = (Client(p) for p in ports)
+        a, b, c = (Client(p, timeout=5) for p in ports)
         target = f"/v0/inboxes/{INBOX}/m"
         keys_path = f"/human/v0/inboxes/{INBOX}/api-keys"
         # Wait for the demo upstream to be healthy everywhere.

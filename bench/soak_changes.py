@@ -17,7 +17,6 @@ the release binary; --gateway runs another build.
 import argparse
 import bisect
 import hashlib
-import http.client
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ports import free_port, wait_port  # noqa: E402
+from pg_cluster import CATCH_ALL, Client, gateway_config, pct  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
@@ -41,69 +41,12 @@ WIDE = json.dumps({"permissions": {"message_read": True, "message_send": True}})
 NARROW = json.dumps({"permissions": {"message_read": True}})
 
 
-def config(d, name, port, mport, upstream, url, staleness_ms):
-    token_hash = hashlib.sha256(TOKEN.encode()).hexdigest()
-    return f"""
-[server]
-listen = "127.0.0.1:{port}"
-threads = 1
-grace_period_seconds = 0
-graceful_shutdown_timeout_seconds = 1
-pid_file = "{d}/{name}.pid"
-upgrade_sock = "{d}/{name}.sock"
-[metrics]
-listen = "127.0.0.1:{mport}"
-[store]
-kind = "postgres"
-url = "{url}"
-pool_size = 4
-revocation_max_staleness_ms = {staleness_ms}
-[logging]
-access_log = false
-[limits]
-failed_auth_per_ip = 0
-[[management.tokens]]
-name = "bench"
-sha256 = "{token_hash}"
-scope = "all"
-[inbox_directory]
-source = "none"
-[[upstreams]]
-name = "inbox"
-addresses = ["127.0.0.1:{upstream}"]
-health_check = {{ path = "/healthz", interval_seconds = 1 }}
-[[routes]]
-path = "/v0/inboxes/{{inbox_id}}/messages"
+# Sends need `message_send`, reads `message_read`: what the changer narrows and widens.
+MESSAGES_ROUTE = """[[routes]]
+path = "/v0/inboxes/{inbox_id}/messages"
 upstream = "inbox"
-require = {{ GET = "message_read", POST = "message_send" }}
-[[routes]]
-path = "/v0/inboxes/{{inbox_id}}"
-upstream = "inbox"
+require = { GET = "message_read", POST = "message_send" }
 """
-
-
-class Client:
-    def __init__(self, port):
-        self.port = port
-        self.c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-
-    def call(self, method, path, auth, body=None):
-        headers = {"Authorization": f"Bearer {auth}"}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        try:
-            self.c.request(method, path, body=body, headers=headers)
-            r = self.c.getresponse()
-            return r.status, r.read()
-        except (http.client.HTTPException, OSError):
-            self.c.close()
-            self.c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-            raise
-
-
-def pct(xs, p):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
 def main():
@@ -129,7 +72,10 @@ def main():
             port, mport = free_port(), free_port()
             path = os.path.join(d, f"{name}.toml")
             with open(path, "w") as f:
-                f.write(config(d, name, port, mport, upstream, url, args.staleness_ms))
+                f.write(gateway_config(
+                    d, name, port, mport, upstream, url, TOKEN,
+                    store_extra=f"revocation_max_staleness_ms = {args.staleness_ms}",
+                    routes=MESSAGES_ROUTE + CATCH_ALL))
             cmd = [args.gateway, "run", "--config", path] + (["--demo-upstream"] if i == 0 else [])
             log = open(os.path.join(d, f"{name}.log"), "w")
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,

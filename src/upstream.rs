@@ -272,19 +272,7 @@ async fn lookup(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
     let found = tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((host, port)))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "lookup timed out"))??;
-    let mut out = Vec::new();
-    for a in found {
-        if !out.contains(&a) {
-            out.push(a);
-        }
-    }
-    if out.is_empty() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            "no addresses",
-        ));
-    }
-    Ok(out)
+    crate::config::distinct_addresses(found)
 }
 
 #[cfg(test)]

@@ -195,22 +195,30 @@ impl UpstreamAddress {
         match self {
             UpstreamAddress::Ip(a) => Ok(vec![*a]),
             UpstreamAddress::Name { host, port } => {
-                let mut out = Vec::new();
-                for a in (host.as_str(), *port).to_socket_addrs()? {
-                    if !out.contains(&a) {
-                        out.push(a);
-                    }
-                }
-                if out.is_empty() {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        "no addresses",
-                    ));
-                }
-                Ok(out)
+                distinct_addresses((host.as_str(), *port).to_socket_addrs()?)
             }
         }
     }
+}
+
+/// What a name lookup found, without repeats, in order; nothing found is an error. Shared by
+/// the start-up lookup here and the upstream groups' re-resolution.
+pub fn distinct_addresses(
+    found: impl IntoIterator<Item = SocketAddr>,
+) -> std::io::Result<Vec<SocketAddr>> {
+    let mut out = Vec::new();
+    for a in found {
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    if out.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no addresses",
+        ));
+    }
+    Ok(out)
 }
 
 impl std::fmt::Display for UpstreamAddress {

@@ -441,21 +441,35 @@ mod changes {
         panic!("timed out waiting for {what}");
     }
 
-    /// Finding 1 of issue #24: a lookup reads the wide row, the narrowing update commits and
-    /// is applied, then the lookup finishes. Before versions it cached the wide copy after the
-    /// update's eviction, and every later request was served from it.
-    #[tokio::test]
-    async fn a_lookup_in_flight_never_caches_a_copy_older_than_a_change() {
-        let (store, v, key, hash) = setup().await;
-        let gate = hold_reads(&store);
+    /// A lookup of `key` started and held right after it read the (wide) row: the gate that
+    /// lets it finish, and its task.
+    async fn held_lookup(
+        store: &MemoryStore,
+        v: &Arc<Verifier>,
+        key: &str,
+    ) -> (
+        Arc<tokio::sync::Semaphore>,
+        tokio::task::JoinHandle<Result<Arc<ApiKeyIdentity>, AuthFailure>>,
+    ) {
+        let gate = hold_reads(store);
         let early = {
-            let (v, key) = (v.clone(), key.clone());
+            let (v, key) = (v.clone(), key.to_owned());
             tokio::spawn(async move { v.authenticate_key(key.as_bytes(), None).await })
         };
         until("the lookup has read the wide row", || {
             store.held.load(Ordering::SeqCst) == 1
         })
         .await;
+        (gate, early)
+    }
+
+    /// Finding 1 of issue #24: a lookup reads the wide row, the narrowing update commits and
+    /// is applied, then the lookup finishes. Before versions it cached the wide copy after the
+    /// update's eviction, and every later request was served from it.
+    #[tokio::test]
+    async fn a_lookup_in_flight_never_caches_a_copy_older_than_a_change() {
+        let (store, v, key, hash) = setup().await;
+        let (gate, early) = held_lookup(&store, &v, &key).await;
         let version = set_permissions(&store, NARROW).await;
         assert_eq!(version, 3);
         let change = {
@@ -483,15 +497,7 @@ mod changes {
     #[tokio::test]
     async fn a_copy_cached_between_commit_and_notice_is_dropped_by_the_notice() {
         let (store, v, key, hash) = setup().await;
-        let gate = hold_reads(&store);
-        let early = {
-            let (v, key) = (v.clone(), key.clone());
-            tokio::spawn(async move { v.authenticate_key(key.as_bytes(), None).await })
-        };
-        until("the lookup has read the wide row", || {
-            store.held.load(Ordering::SeqCst) == 1
-        })
-        .await;
+        let (gate, early) = held_lookup(&store, &v, &key).await;
         let version = set_permissions(&store, NARROW).await;
         *store.hold_after_read.lock() = None;
         gate.add_permits(1);
