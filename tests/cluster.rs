@@ -117,16 +117,7 @@ fn a_killed_listener_misses_no_revocation() {
         }
         // Cut every listening connection (A's and B's), then delete through B at once: A
         // reconnects after its back-off and must find the entry in the log.
-        let killed: i64 = db.with(|c| {
-            c.query_one(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-                 WHERE application_name = 'agentry-gateway-revocation-listener'
-                   AND datname = current_database()",
-                &[],
-            )
-            .unwrap()
-            .get(0)
-        });
+        let killed = kill_listeners(&db);
         assert_eq!(killed, 2);
         let r = b.delete_key(SUPPORT, &id);
         assert_eq!(r.status, 204);
@@ -486,16 +477,7 @@ require = { GET = "message_read", POST = "message_send" }
 
     proxy.refuse_new();
     let down_at = Instant::now();
-    let killed: i64 = db.with(|c| {
-        c.query_one(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-             WHERE application_name = 'agentry-gateway-revocation-listener'
-               AND datname = current_database()",
-            &[],
-        )
-        .unwrap()
-        .get(0)
-    });
+    let killed = kill_listeners(&db);
     assert_eq!(killed, 2, "A's and B's listeners");
     let r = a.mgmt(
         "PATCH",
@@ -536,4 +518,19 @@ require = { GET = "message_read", POST = "message_send" }
     assert_eq!(r.json()["code"], "invalid_api_key");
     assert!(refused_after < bound, "{refused_after:?}");
     proxy.restore();
+}
+
+/// Terminates every gateway's revocation-listener connection to this test's database; returns
+/// how many it ended.
+fn kill_listeners(db: &TestDb) -> i64 {
+    db.with(|c| {
+        c.query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE application_name = 'agentry-gateway-revocation-listener'
+               AND datname = current_database()",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    })
 }

@@ -16,16 +16,12 @@ fn keys_path() -> String {
 
 /// A key-managed call: `/v0/inboxes/{SUPPORT}/api-keys[/{id}]` with an API key.
 fn by_key(g: &Gateway, method: &str, rest: &str, key: &str, body: Option<&str>) -> Resp {
-    let auth = format!("Bearer {key}");
-    let mut h = vec![("Authorization", auth.as_str())];
-    if body.is_some() {
-        h.push(("Content-Type", "application/json"));
-    }
-    g.req(
+    // A key is a bearer credential like a token: the same request as a management call.
+    g.mgmt(
         method,
         &format!("/v0/inboxes/{SUPPORT}/api-keys{rest}"),
-        &h,
-        body.map(str::as_bytes),
+        key,
+        body,
     )
 }
 

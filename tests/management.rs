@@ -805,16 +805,12 @@ fn by_key(
     key: &str,
     body: Option<&str>,
 ) -> Resp {
-    let auth = format!("Bearer {key}");
-    let mut h = vec![("Authorization", auth.as_str())];
-    if body.is_some() {
-        h.push(("Content-Type", "application/json"));
-    }
-    g.req(
+    // A key is a bearer credential like a token: the same request as a management call.
+    g.mgmt(
         method,
         &format!("/v0/inboxes/{inbox}/api-keys{rest}"),
-        &h,
-        body.map(str::as_bytes),
+        key,
+        body,
     )
 }
 
